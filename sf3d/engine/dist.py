@@ -1,0 +1,40 @@
+"""Distributed set-up that also works without CUDA (torchrun + gloo on CPU).
+
+mmengine's ``init_dist('pytorch')`` calls ``torch.cuda.set_device`` and its DDP wrapper
+passes ``device_ids=[rank]``; both fail on a CPU-only machine. When CUDA is absent we
+initialise the gloo process group ourselves (the Runner then skips its own
+``init_dist``) and ask for ``MMDistributedDataParallel(device_ids=None)``.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+from mmengine.config import Config
+
+
+def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
+    """Prepare ``cfg`` for a CPU gloo run under torchrun; return True if it did so.
+
+    On a CUDA machine, or with ``launcher='none'``, nothing is changed and mmengine's
+    own NCCL set-up is used.
+    """
+    if launcher == 'none' or torch.cuda.is_available():
+        return False
+    if launcher != 'pytorch':
+        raise ValueError(f"launcher '{launcher}' needs CUDA; on CPU use --launcher pytorch "
+                         'with torchrun (tools/dist_train.sh)')
+    for key in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'):
+        if key not in os.environ:
+            raise RuntimeError(f'--launcher pytorch expects torchrun to set ${key}; '
+                               'start with tools/dist_train.sh or torchrun')
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None,
+                                 broadcast_buffers=False)
+    return True
+
+
+def cleanup_distributed() -> None:
+    """Destroy the process group if one exists (call at exit of a launched tool)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
