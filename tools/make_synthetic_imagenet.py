@@ -14,19 +14,21 @@ Class designs: a class is one shape (circle, square, triangle, cross, ring, stri
 crescent, frame, checker, bar, dots) in one colour (red, green, blue, yellow, magenta, cyan).
 The designs are ordered so that the first classes use every shape once and share colours in
 pairs (red circle / red star, ...): colour alone does not tell them apart, the shape does.
-Every instance varies in position, scale, rotation, colour shade and shading, background
-(tinted gradient, noise, small clutter in random colours) and brightness.
+All shapes share one area distribution, so the amount of colour says nothing about the
+shape either. Every instance varies in position, scale, rotation, colour shade and shading,
+background (tinted gradient, noise, small clutter in random colours) and brightness.
 
 Deterministic: each image is drawn from its own generator seeded with
 (seed, split, class, index), and JPEGs are written with fixed settings, so the same
 arguments give byte-identical files (with the same Pillow / libjpeg).
 """
 import argparse
+import functools
 import json
 import re
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -143,6 +145,14 @@ def _shape_mask(shape: str, S: int, grid, cx: float, cy: float, r: float,
     raise ValueError(f'unknown shape {shape!r}; expected one of {SHAPES}')
 
 
+@functools.lru_cache(maxsize=None)
+def shape_area(shape: str) -> float:
+    """Area of `shape` at radius 1 (measured on a 320 px canvas at radius 100)."""
+    S, r = 320, 100.0
+    ys, xs = np.mgrid[0:S, 0:S].astype(np.float32) + 0.5
+    return float(_shape_mask(shape, S, (xs, ys), S / 2, S / 2, r, 0.3).sum()) / r ** 2
+
+
 # ----------------------------------------------------------------------------- images
 
 def render_image(shape: str, colour: str, size: int, rng: np.random.Generator) -> Image.Image:
@@ -173,8 +183,11 @@ def render_image(shape: str, colour: str, size: int, rng: np.random.Generator) -
             m = _box(grid, cx, cy, a, 2.5 * r, 0.25 * r)
         img[m > 0] = rng.uniform(0, 255, 3)
 
-    # the object: random radius, position (kept mostly inside), rotation, shade and shading
-    r = rng.uniform(0.2, 0.34) * S
+    # the object: random size, position (kept mostly inside), rotation, shade and shading.
+    # Every shape gets the same area distribution (that of a disc of radius 0.75 * size), so
+    # the amount of colour in the image says nothing about the shape.
+    size_radius = rng.uniform(0.2, 0.34) * S
+    r = size_radius * np.sqrt(np.pi * 0.75 ** 2 / shape_area(shape))
     cx, cy = rng.uniform(0.8 * r, S - 0.8 * r, 2)
     angle = rng.uniform(0, 2 * np.pi)
     inside = _shape_mask(shape, S, grid, cx, cy, r, angle) > 0  # (S, S) bool

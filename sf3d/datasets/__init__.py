@@ -1,0 +1,1 @@
+from .imagenet import ImageNetFolder  # noqa: F401

@@ -1,0 +1,1 @@
+from .classification import Accuracy  # noqa: F401
