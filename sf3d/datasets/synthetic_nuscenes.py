@@ -59,16 +59,14 @@ import numpy as np
 from PIL import Image
 from pyquaternion import Quaternion
 
+from sf3d.datasets.nuscenes_info import CAMERAS, CLASSES
+
 __all__ = [
     'CLASSES', 'CAMERAS', 'VERSIONS', 'CLASS_CATEGORY', 'CLASS_COLOURS', 'CLASS_SIZES_WLH',
     'RigSpec', 'parse_rig', 'build_calibration', 'scene_names', 'plan_scene', 'ScenePlan',
     'make_token', 'generate', 'save_preview',
 ]
 
-CLASSES = ('car', 'truck', 'trailer', 'bus', 'construction_vehicle', 'bicycle', 'motorcycle',
-           'pedestrian', 'traffic_cone', 'barrier')
-CAMERAS = ('CAM_FRONT', 'CAM_FRONT_RIGHT', 'CAM_FRONT_LEFT', 'CAM_BACK', 'CAM_BACK_LEFT',
-           'CAM_BACK_RIGHT')
 LIDAR = 'LIDAR_TOP'
 VERSIONS = ('v1.0-mini', 'v1.0-test')
 NUM_TEST_SCENES = 4
