@@ -20,6 +20,7 @@ TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='sf3d',
                       locations=['sf3d.datasets.transforms'])
 METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='sf3d', locations=['sf3d.evaluation'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='sf3d', locations=['sf3d.engine'])
-FUNCTIONS = Registry('function', parent=MMENGINE_FUNCTIONS, scope='sf3d', locations=['sf3d.engine'])
+FUNCTIONS = Registry('function', parent=MMENGINE_FUNCTIONS, scope='sf3d',
+                     locations=['sf3d.engine', 'sf3d.datasets'])
 OPTIM_WRAPPERS = Registry('optim_wrapper', parent=MMENGINE_OPTIM_WRAPPERS, scope='sf3d',
                           locations=['sf3d.engine'])

@@ -13,7 +13,9 @@ val_transform = dict(input_size=img_size, crop_pct=0.875, interpolation='bicubic
 train_dataloader = dict(
     batch_size=128,  # per GPU; 8 GPUs x 128 = 1024, the batch the lr is quoted for
     num_workers=8,
-    persistent_workers=True,
+    # Fresh workers each epoch, seeded from the epoch's stream (sf3d.seed_worker): the
+    # augmentation of a resumed run equals that of an uninterrupted one.
+    persistent_workers=False,
     drop_last=True,  # MixUp/CutMix pair samples, so batches must stay even
     sampler=dict(type='DefaultSampler', shuffle=True),
     worker_init_fn=dict(type='sf3d.seed_worker'),
@@ -23,7 +25,7 @@ train_dataloader = dict(
 val_dataloader = dict(
     batch_size=128,
     num_workers=8,
-    persistent_workers=True,
+    persistent_workers=False,
     drop_last=False,
     sampler=dict(type='DefaultSampler', shuffle=False),
     collate_fn=dict(type='default_collate'),

