@@ -3,8 +3,6 @@ GT selection rules against hand selections, a train pipeline end to end through 
 dataloader builder."""
 import copy
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +11,9 @@ import torch
 from mmengine.runner import Runner
 
 from sf3d.datasets.nuscenes_dataset import NuScenesMultiViewDataset
-from sf3d.datasets.nuscenes_info import CAMERAS, CLASSES, create_nuscenes_infos, load_nuscenes_infos
+from sf3d.datasets.nuscenes_info import CAMERAS, CLASSES, load_nuscenes_infos
 from sf3d.registry import DATASETS
 
-ROOT = Path(__file__).resolve().parents[2]
 PCR = [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0]
 TRAIN_PIPELINE = [
     dict(type='LoadMultiViewImages', to_float32=True),
@@ -36,12 +33,8 @@ TRAIN_PIPELINE = [
 
 
 @pytest.fixture(scope='module')
-def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp('nusc_dataset')
-    subprocess.run([sys.executable, str(ROOT / 'tools' / 'make_synthetic_nuscenes.py'), '--out', str(root),
-                    '--samples-per-scene', '2', '--no-progress'], check=True, capture_output=True)
-    create_nuscenes_infos(str(root), 'v1.0-mini', str(root), progress=False)
-    return root
+def root(nuscenes_root):
+    return nuscenes_root
 
 
 @pytest.fixture(scope='module')

@@ -7,8 +7,6 @@ projection; pixel moves are checked on the real rendered images.
 """
 import copy
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -17,7 +15,7 @@ import pytest
 import torch
 
 from sf3d.datasets.nuscenes_dataset import NuScenesMultiViewDataset
-from sf3d.datasets.nuscenes_info import create_nuscenes_infos
+
 from sf3d.datasets.transforms import (GlobalRotScaleTrans, GridMask, LoadMultiViewImages, NormalizeMultiviewImage,
                                       ObjectNameFilter, ObjectRangeFilter, Pack3DDetInputs, PadMultiViewImage,
                                       PhotoMetricDistortionMultiView, RandomFlip3D, ResizeCropFlipMultiView,
@@ -25,17 +23,12 @@ from sf3d.datasets.transforms import (GlobalRotScaleTrans, GridMask, LoadMultiVi
 from sf3d.registry import FUNCTIONS, TRANSFORMS
 from sf3d.structures import LiDARBoxes
 
-ROOT = Path(__file__).resolve().parents[2]
 FINAL = (128, 352)
 
 
 @pytest.fixture(scope='module')
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp('nusc_transforms')
-    subprocess.run([sys.executable, str(ROOT / 'tools' / 'make_synthetic_nuscenes.py'), '--out', str(root),
-                    '--samples-per-scene', '2', '--no-progress'], check=True, capture_output=True)
-    create_nuscenes_infos(str(root), 'v1.0-mini', str(root), progress=False)
-    return NuScenesMultiViewDataset('nuscenes_infos_train.pkl', data_root=str(root))
+def dataset(nuscenes_root):
+    return NuScenesMultiViewDataset('nuscenes_infos_train.pkl', data_root=str(nuscenes_root))
 
 
 def loaded(dataset, idx=0, to_float32=False):

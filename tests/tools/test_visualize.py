@@ -4,15 +4,13 @@ projected pixels against an independent numpy pinhole projection, BEV orientatio
 import importlib.util
 import json
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from sf3d.datasets.nuscenes_info import CAMERAS, CLASSES, create_nuscenes_infos
+from sf3d.datasets.nuscenes_info import CAMERAS, CLASSES
 from sf3d.structures import LiDARBoxes, pose_matrix, to_nusc_boxes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,12 +28,8 @@ tool = _load_tool()
 
 
 @pytest.fixture(scope='module')
-def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp('nusc_vis')
-    subprocess.run([sys.executable, str(ROOT / 'tools' / 'make_synthetic_nuscenes.py'), '--out', str(root),
-                    '--samples-per-scene', '2', '--no-progress'], check=True, capture_output=True)
-    create_nuscenes_infos(str(root), 'v1.0-mini', str(root), progress=False)
-    return root
+def root(nuscenes_root):
+    return nuscenes_root
 
 
 @pytest.fixture(scope='module')
