@@ -15,7 +15,8 @@ CONFIGS = sorted(p for p in CONFIG_DIR.rglob('*.py') if '_base_' not in p.parts)
 
 @pytest.fixture(autouse=True)
 def _sf3d_scope():
-    DefaultScope.get_instance('test_configs', scope_name='sf3d')
+    with DefaultScope.overwrite_default_scope('sf3d'):
+        yield
 
 
 def test_there_are_configs():

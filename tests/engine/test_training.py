@@ -31,7 +31,7 @@ def _config(tmp_path, data_root, name, *, augment: bool, batch_size: int, epochs
             num_workers: int = 0, lr: float = 2e-3) -> Path:
     train_transform = (dict(input_size=32, scale=(0.5, 1.0), auto_augment='rand-m9-mstd0.5-inc1')
                        if augment else dict(input_size=32, is_training=False, crop_pct=1.0))
-    mixup = 'dict(mixup_alpha=0.8, cutmix_alpha=1.0)' if augment else 'None'
+    mixup = 'dict(_delete_=True, mixup_alpha=0.8, cutmix_alpha=1.0)' if augment else 'None'
     path = tmp_path / f'{name}.py'
     path.write_text(f"""
 _base_ = [{str(TINY_CFG)!r}]

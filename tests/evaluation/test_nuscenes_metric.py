@@ -372,3 +372,40 @@ def test_class_names_must_match_the_dataset(metric):
             metric.compute_metrics([])
     finally:
         metric.dataset_meta = None
+
+
+
+def test_validator_runs_the_devkit_loader(metric, tmp_path, monkeypatch):
+    from nuscenes.eval.common.data_classes import EvalBoxes
+    from nuscenes.eval.detection.data_classes import DetectionBox
+
+    tokens = metric.split_tokens
+    sub = _valid_submission(tokens)
+    # an extra field that the hand checks ignore but the devkit's DetectionBox asserts on (3 elements)
+    sub['results'][tokens[0]][0]['ego_translation'] = [1.0, 2.0]
+    path = tmp_path / 'devkit_refuses.json'
+    path.write_text(json.dumps(sub))
+    with pytest.raises(ValueError, match='devkit loader .*Translation must have 3 elements') as err:
+        nm.validate_submission(str(path), tokens)
+    assert str(path) in str(err.value)
+    with pytest.raises(ValueError, match=r'submission \(checked as a temporary JSON file\) is refused'):
+        nm.validate_submission(sub, tokens)  # a dict goes through the same loader
+    # the refusal is the devkit's: with a loader that accepts everything, the same file passes
+    calls = []
+
+    def accepting_loader(result_path, max_boxes, box_cls, verbose=False):
+        calls.append((result_path, max_boxes, box_cls))
+        loaded = EvalBoxes()
+        for token, records in json.loads(Path(result_path).read_text())['results'].items():
+            loaded.add_boxes(token, [DetectionBox(sample_token=token) for _ in records])
+        return loaded, {}
+
+    monkeypatch.setattr(nm, 'load_prediction', accepting_loader)
+    nm.validate_submission(str(path), tokens)
+    assert calls == [(str(path), nm.MAX_BOXES_PER_SAMPLE, DetectionBox)]
+    # what the loader returns must hold every split token and every box
+    monkeypatch.setattr(nm, 'load_prediction', lambda *args, **kwargs: (EvalBoxes(), {}))
+    with pytest.raises(ValueError, match=f'read 0 samples and 0 boxes, expected all {len(tokens)} split tokens '
+                                         'and 1 boxes') as err:
+        nm.validate_submission(str(path), tokens)
+    assert str(path) in str(err.value)
