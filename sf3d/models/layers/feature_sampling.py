@@ -1,0 +1,86 @@
+"""Sample multi-view, multi-level image features at projected 3D reference points (DETR3D).
+
+DETR3D (Wang et al., CoRL 2021) projects each query's 3D reference point into every camera
+with ``lidar2img`` and bilinearly samples every FPN level there. Differences from DETR3D's
+``feature_sampling``: u/v are normalised with the pixel-centre convention of
+:mod:`sf3d.structures.cameras` (``x = 2u / W - 1`` for ``grid_sample(align_corners=False)``),
+and samples of masked points are exactly zero.
+
+Axis names: B batch, Q queries, N cameras (N_cam), C channels, L FPN levels, H x W a map.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ['project_points', 'sample_features']
+
+
+def project_points(ref_points: Tensor, lidar2img: Tensor, img_shape: Sequence[int],
+                   eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """Project LiDAR points into every camera and normalise to ``grid_sample`` coordinates.
+
+    Args:
+        ref_points: (B, Q, 3) points in the LiDAR frame (metres).
+        lidar2img: (B, N, 4, 4) homogeneous LiDAR -> image (pixels) transforms.
+        img_shape: (H, W) of the (padded) network input in pixels.
+        eps: points with camera depth <= eps are behind the camera.
+    Returns:
+        grid (B, N, Q, 2) in [-1, 1] for points inside the image (x from u, y from v),
+        mask (B, N, Q) bool: depth > eps and the point lies strictly inside (-1, 1)^2.
+    """
+    if ref_points.dim() != 3 or ref_points.shape[-1] != 3:
+        raise ValueError(f'project_points: ref_points must be (B, Q, 3), got {tuple(ref_points.shape)}')
+    B = ref_points.shape[0]
+    if lidar2img.dim() != 4 or lidar2img.shape[0] != B or lidar2img.shape[-2:] != (4, 4):
+        raise ValueError(f'project_points: lidar2img must be (B={B}, N_cam, 4, 4), got {tuple(lidar2img.shape)}')
+    if len(img_shape) != 2:
+        raise ValueError(f'project_points: img_shape must be (H, W), got {img_shape}')
+    H, W = float(img_shape[0]), float(img_shape[1])
+    pts = ref_points.float()
+    l2i = lidar2img.to(pts)
+    cam = torch.einsum('bnij,bqj->bnqi', l2i[..., :3, :3], pts) + l2i[..., None, :3, 3]  # (B, N, Q, 3)
+    depth = cam[..., 2]  # (B, N, Q)
+    uv = cam[..., :2] / depth.clamp(min=eps).unsqueeze(-1)  # (B, N, Q, 2) pixels
+    scale = uv.new_tensor([2.0 / W, 2.0 / H])
+    grid = uv * scale - 1.0  # (B, N, Q, 2)
+    mask = (depth > eps) & (grid > -1.0).all(-1) & (grid < 1.0).all(-1)  # (B, N, Q)
+    return grid, mask
+
+
+def sample_features(feats: Sequence[Tensor], ref_points: Tensor, lidar2img: Tensor,
+                    img_shape: Sequence[int], eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """Bilinearly sample every camera and FPN level at the projections of the reference points.
+
+    Args:
+        feats: L tensors (B, N, C, H_l, W_l), level l covering the whole padded input.
+        ref_points: (B, Q, 3) LiDAR-frame points (metres).
+        lidar2img: (B, N, 4, 4).
+        img_shape: (H, W) of the padded input.
+    Returns:
+        sampled (B, C, Q, N, L) float32 features (zero where the mask is False),
+        mask (B, Q, N) bool: in front of the camera and inside the image.
+    """
+    if len(feats) == 0:
+        raise ValueError('sample_features: feats is empty; expected a list of (B, N_cam, C, H, W) levels')
+    grid, mask = project_points(ref_points, lidar2img, img_shape, eps)
+    B, N, Q, _ = grid.shape
+    # masked points (behind the camera: huge u/v) are clamped to a finite off-image spot
+    grid = grid.clamp(-2.0, 2.0).view(B * N, Q, 1, 2)  # (B*N, Q, 1, 2)
+    sampled = []
+    for lvl, feat in enumerate(feats):
+        if feat.dim() != 5 or feat.shape[:2] != (B, N):
+            raise ValueError(f'sample_features: feats[{lvl}] must be (B={B}, N_cam={N}, C, H, W), '
+                             f'got {tuple(feat.shape)}')
+        C = feat.shape[2]
+        # float32: bfloat16 grid coordinates would be off by pixels at nuScenes resolution
+        x = feat.flatten(0, 1).float()  # (B*N, C, H_l, W_l)
+        s = F.grid_sample(x, grid, mode='bilinear', padding_mode='zeros', align_corners=False)  # (B*N, C, Q, 1)
+        sampled.append(s.view(B, N, C, Q).permute(0, 2, 3, 1))  # (B, C, Q, N)
+    out = torch.stack(sampled, dim=-1)  # (B, C, Q, N, L)
+    mask = mask.transpose(1, 2)  # (B, Q, N)
+    out = out * mask[:, None, :, :, None].to(out.dtype)
+    return out, mask
