@@ -1,3 +1,4 @@
 from .classifier import ImageClassifier
+from .multiview_detector import MultiViewDetector
 
-__all__ = ['ImageClassifier']
+__all__ = ['ImageClassifier', 'MultiViewDetector']

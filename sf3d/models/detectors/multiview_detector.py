@@ -1,0 +1,251 @@
+"""Multi-view camera 3D detector: backbone + FPN + DETR3D-style head, with spatial-token queries.
+
+DETR3D (Wang et al., CoRL 2021) decodes learned queries (``nn.Embedding(900, 2 * 256)``) whose
+3D reference points are a learned linear map of the query. Here, with a SpatialFormer backbone
+(the 3D extension in DESIGN.md), the decoder's queries come from the backbone's FINAL spatial
+tokens of all views instead:
+
+* before the first block, each view's INITIAL spatial tokens are modulated by a camera
+  encoding of their rays (:class:`~sf3d.models.layers.camera_encoding.CameraConditioning`,
+  zero-initialised, so a pretrained backbone starts unchanged);
+* content query: ``Linear(C_last -> embed_dims)`` of the final token;
+* positional query: an MLP of the Fourier-encoded Plücker coordinates ``(d, o x d)`` of the
+  token's ray (LiDAR frame), the same ray geometry as the 'ray' conditioning;
+* initial reference point: the token's ray at a depth predicted from the token,
+  ``ref = o + depth * d`` with ``depth = d_min + (d_max - d_min) * sigmoid(MLP(token))``
+  (metres along the unit ray direction) -- geometry, not a learned constant.
+
+``query_mode='learned'`` is the DETR3D baseline (any backbone, e.g. ResNet + FPN): an
+``nn.Embedding(num_queries, 2 * embed_dims)`` split into (query_pos, query) and reference points
+``sigmoid(Linear(query_pos))`` over the head's point-cloud range.
+
+Token rays: SpatialFormer's spatial token ``i * gw + j`` sits at the normalised position of its
+grid cell centre over the image the backbone sees, i.e. the PADDED input (H, W); its ray is
+``MultiViewCameras.pixel_grid_rays((gh, gw), (H, W))``.
+
+Axis names: B batch, N cameras (N_cam), M = gh * gw spatial tokens per view, Q queries
+(N * M in spatial-token mode), C channels, L FPN levels, D decoder layers, K classes.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModel
+from torch import Tensor
+
+from sf3d.models.heads.box_coder import denormalize_points
+from sf3d.models.heads.detr3d_head import DETR3DHead
+from sf3d.models.layers.camera_encoding import CameraConditioning, fourier_features
+from sf3d.models.necks.fpn import FPN
+from sf3d.registry import MODELS
+from sf3d.structures import LiDARBoxes, MultiViewCameras
+
+__all__ = ['MultiViewDetector']
+
+QUERY_MODES = ('spatial_tokens', 'learned')
+
+
+def _plucker(origins: Tensor, dirs: Tensor) -> Tensor:
+    """(..., 3), (..., 3) unit directions -> (..., 6) Plücker coordinates (d, o x d)."""
+    return torch.cat([dirs, torch.linalg.cross(origins, dirs, dim=-1)], dim=-1)
+
+
+@MODELS.register_module()
+class MultiViewDetector(BaseModel):
+    """Camera-only multi-view 3D detector (see the module docstring).
+
+    Args:
+        backbone: config of a registered backbone (``type='SpatialFormer'`` or ``'ResNet'``), built
+            with ``MODELS.build``; it must declare ``out_channels`` / ``out_strides`` and return
+            ``dict(features=[...], spatial_tokens=...)``.
+        neck: keyword arguments of :meth:`FPN.from_backbone` (``out_channels`` defaults to
+            ``embed_dims`` and must equal it; ``num_outs``, ``start_level``, ``add_extra_convs`` ...).
+        head: keyword arguments of :class:`DETR3DHead` (``embed_dims`` and ``num_levels`` are filled
+            in from ``embed_dims`` and the FPN).
+        query_mode: ``'spatial_tokens'`` (needs a SpatialFormer) or ``'learned'`` (DETR3D).
+        num_queries: number of learned queries (``'learned'`` only).
+        conditioning: :class:`CameraConditioning` variant for the initial spatial tokens
+            (``'none'``, ``'intrinsics'``, ``'extrinsics'``, ``'ray'``, ``'frustum'``); must be
+            ``'none'`` for a backbone without spatial tokens.
+        embed_dims: decoder width C.
+        depth_range: (d_min, d_max) metres of the predicted depth along each token's ray.
+        ray_num_freqs: Fourier octaves of the Plücker coordinates in the positional query.
+        data_preprocessor, init_cfg: as in mmengine's ``BaseModel``.
+    """
+
+    def __init__(self, *, backbone: dict, neck: dict, head: dict, query_mode: str = 'spatial_tokens',
+                 num_queries: int = 900, conditioning: str = 'ray', embed_dims: int = 256,
+                 depth_range: Sequence[float] = (1.0, 60.0), ray_num_freqs: int = 4,
+                 data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if query_mode not in QUERY_MODES:
+            raise ValueError(f'MultiViewDetector: query_mode must be one of {QUERY_MODES}, got {query_mode!r}')
+        if len(depth_range) != 2 or not 0 < depth_range[0] < depth_range[1]:
+            raise ValueError(f'MultiViewDetector: depth_range must be (d_min, d_max) with 0 < d_min < d_max, '
+                             f'got {depth_range}')
+        self.query_mode = query_mode
+        self.embed_dims = embed_dims
+        self.depth_range = (float(depth_range[0]), float(depth_range[1]))
+        self.ray_num_freqs = int(ray_num_freqs)
+
+        self.backbone = MODELS.build(backbone)
+        self.has_spatial_tokens = hasattr(self.backbone, 'initial_spatial_tokens')
+        if query_mode == 'spatial_tokens' and not self.has_spatial_tokens:
+            raise ValueError(f"MultiViewDetector: query_mode='spatial_tokens' needs a backbone with spatial tokens "
+                             f"(SpatialFormer), got {type(self.backbone).__name__}; use query_mode='learned'")
+        if conditioning != 'none' and not self.has_spatial_tokens:
+            raise ValueError(f"MultiViewDetector: conditioning={conditioning!r} needs a backbone with spatial tokens "
+                             f"(SpatialFormer), got {type(self.backbone).__name__}; use conditioning='none'")
+
+        neck = dict(neck)
+        neck.setdefault('out_channels', embed_dims)
+        if neck['out_channels'] != embed_dims:
+            raise ValueError(f'MultiViewDetector: neck out_channels ({neck["out_channels"]}) must equal '
+                             f'embed_dims ({embed_dims}); the head samples FPN features as query channels')
+        self.neck, self.feat_strides = FPN.from_backbone(self.backbone, **neck)
+
+        head = dict(head)
+        for key, value in (('embed_dims', embed_dims), ('num_levels', self.neck.num_outs)):
+            if head.setdefault(key, value) != value:
+                raise ValueError(f'MultiViewDetector: head {key}={head[key]} differs from the detector\'s {value}')
+        self.head = DETR3DHead(**head)
+
+        if query_mode == 'spatial_tokens':
+            c_last = self.backbone.embed_dims[-1]
+            self.query_proj = nn.Linear(c_last, embed_dims)
+            ray_dim = 6 * (1 + 2 * self.ray_num_freqs)
+            self.query_pos_mlp = nn.Sequential(nn.Linear(ray_dim, embed_dims), nn.ReLU(inplace=True),
+                                               nn.Linear(embed_dims, embed_dims))
+            self.depth_mlp = nn.Sequential(nn.Linear(c_last, embed_dims), nn.ReLU(inplace=True),
+                                           nn.Linear(embed_dims, 1))
+        else:
+            if num_queries < 1:
+                raise ValueError(f'MultiViewDetector: num_queries must be >= 1, got {num_queries}')
+            self.query_embedding = nn.Embedding(num_queries, 2 * embed_dims)
+            self.reference_points = nn.Linear(embed_dims, 3)
+            nn.init.xavier_uniform_(self.reference_points.weight)
+            nn.init.zeros_(self.reference_points.bias)
+        # built last: the other modules' random initialisation does not depend on the variant
+        self.conditioning = (CameraConditioning(conditioning, self.backbone.embed_dims[0])
+                             if self.has_spatial_tokens else None)
+
+    # ------------------------------------------------------------------ features and queries
+    def _cameras(self, data_samples: Optional[dict], B: int, N: int, device: torch.device) -> MultiViewCameras:
+        if not data_samples or 'cameras' not in data_samples:
+            raise KeyError("MultiViewDetector: data_samples needs 'cameras' (a MultiViewCameras (B, N_cam)); "
+                           'collate with sf3d.multiview_collate')
+        cameras = data_samples['cameras']
+        if not isinstance(cameras, MultiViewCameras) or tuple(cameras.batch_shape) != (B,) or cameras.num_cams != N:
+            raise ValueError(f"MultiViewDetector: data_samples['cameras'] must be a MultiViewCameras with batch "
+                             f'shape ({B},) and {N} cameras for images (B={B}, N_cam={N}), got {cameras!r}')
+        return cameras.to(device=device, dtype=torch.float32)
+
+    def extract_feats(self, img: Tensor, cameras: MultiViewCameras) -> tuple[list[Tensor], Optional[Tensor]]:
+        """img (B, N, 3, H, W) -> (FPN feats [L x (B, N, C, H_l, W_l)], final spatial tokens
+        (B, N, M, C_last) or None)."""
+        B, N = img.shape[:2]
+        x = img.flatten(0, 1)  # (B * N, 3, H, W)
+        if self.has_spatial_tokens:
+            grid = self.backbone.spatial_grid
+            s0 = self.backbone.initial_spatial_tokens(B * N)  # (B * N, M, C0)
+            s0 = self.conditioning(s0, cameras, grid, image_size=img.shape[-2:])  # (B * N, M, C0)
+            out = self.backbone(x, s0)
+        else:
+            out = self.backbone(x)
+        feats = [f.unflatten(0, (B, N)) for f in self.neck(out['features'])]  # L x (B, N, C, H_l, W_l)
+        tokens = out.get('spatial_tokens')
+        if tokens is not None:
+            tokens = tokens.unflatten(0, (B, N))  # (B, N, M, C_last)
+        return feats, tokens
+
+    def token_queries(self, tokens: Tensor, cameras: MultiViewCameras,
+                      image_size: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
+        """Spatial tokens (B, N, M, C_last) -> query (B, Q, C), query_pos (B, Q, C), reference
+        points (B, Q, 3) in metres (LiDAR frame), with Q = N * M in camera-major order."""
+        B, N, M, _ = tokens.shape
+        with torch.no_grad():
+            origins, dirs = cameras.pixel_grid_rays(self.backbone.spatial_grid, tuple(image_size))  # (B, N, M, 3) x 2
+        origins, dirs = origins.reshape(B, N * M, 3), dirs.reshape(B, N * M, 3)  # (B, Q, 3) each
+        tokens = tokens.reshape(B, N * M, -1)  # (B, Q, C_last)
+        query = self.query_proj(tokens)  # (B, Q, C)
+        ray_code = fourier_features(_plucker(origins, dirs), self.ray_num_freqs).to(query.dtype)  # (B, Q, 6 * (1 + 2F))
+        query_pos = self.query_pos_mlp(ray_code)  # (B, Q, C)
+        d_min, d_max = self.depth_range
+        depth = d_min + (d_max - d_min) * self.depth_mlp(tokens).float().sigmoid()  # (B, Q, 1) metres along the ray
+        return query, query_pos, origins + depth * dirs
+
+    def learned_queries(self, B: int) -> tuple[Tensor, Tensor, Tensor]:
+        """DETR3D's learned queries -> query (B, Q, C), query_pos (B, Q, C), reference points (B, Q, 3) metres."""
+        query_pos, query = self.query_embedding.weight.split(self.embed_dims, dim=-1)  # (Q, C) each
+        ref = denormalize_points(self.reference_points(query_pos).sigmoid(), self.head.pc_range)  # (Q, 3)
+        return query.expand(B, -1, -1), query_pos.expand(B, -1, -1), ref.expand(B, -1, -1)
+
+    def forward_outputs(self, img: Tensor, cameras: MultiViewCameras) -> dict:
+        """Backbone, FPN, queries, head -> head outputs + ``ref_points`` (B, Q, 3) initial references."""
+        B = img.shape[0]
+        feats, tokens = self.extract_feats(img, cameras)
+        if self.query_mode == 'spatial_tokens':
+            query, query_pos, ref = self.token_queries(tokens, cameras, img.shape[-2:])
+        else:
+            query, query_pos, ref = self.learned_queries(B)
+        outputs = self.head(query, query_pos, ref, feats, cameras.lidar2img, tuple(img.shape[-2:]))
+        outputs['ref_points'] = ref
+        return outputs
+
+    # ------------------------------------------------------------------ mmengine interface
+    def forward(self, inputs: dict, data_samples: Optional[dict] = None,
+                mode: str = 'tensor') -> Union[dict, list]:
+        """Run the detector.
+
+        Args:
+            inputs: ``dict(img=Tensor (B, N_cam, 3, H, W))`` normalised, padded images
+                (``sf3d.multiview_collate``); H, W multiples of the backbone's size multiple.
+            data_samples: collated dict with ``cameras`` (:class:`MultiViewCameras`, batch shape
+                (B,), N_cam views; moved to the images' device here), and for ``'loss'``
+                ``gt_bboxes_3d`` (B :class:`LiDARBoxes` or (G_b, 9) tensors ``[x, y, z_bottom, l, w,
+                h, yaw, vx, vy]``) and ``gt_labels_3d`` (B LongTensors (G_b,)); ``token`` (B str)
+                is copied into the predictions.
+            mode: ``'loss'``, ``'predict'`` or ``'tensor'``.
+
+        Returns:
+            ``'loss'``: :meth:`DETR3DHead.loss`'s dict (``loss_cls``, ``loss_bbox``,
+            ``d{i}.loss_cls``, ``d{i}.loss_bbox``).
+            ``'predict'``: B dicts ``dict(token=str or None, pred_instances_3d=dict(bboxes_3d=
+            LiDARBoxes (K, 9), scores_3d (K,), labels_3d (K,) int64))`` (NuScenesMetric's format).
+            ``'tensor'``: ``dict(all_cls_scores (D, B, Q, K) logits, all_bbox_preds (D, B, Q, 10)
+            box codes with centres in metres, ref_points (B, Q, 3) the initial reference points
+            in metres)``; Q = N_cam * M in spatial-token mode, ``num_queries`` otherwise.
+        """
+        if mode not in ('loss', 'predict', 'tensor'):
+            raise ValueError(f"MultiViewDetector: mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+        if not isinstance(inputs, dict) or 'img' not in inputs:
+            raise KeyError("MultiViewDetector: inputs must be dict(img=Tensor (B, N_cam, 3, H, W))")
+        img = inputs['img']
+        if img.dim() != 5 or img.shape[2] != 3:
+            raise ValueError(f"MultiViewDetector: inputs['img'] must be (B, N_cam, 3, H, W), got {tuple(img.shape)}")
+        cameras = self._cameras(data_samples, img.shape[0], img.shape[1], img.device)
+        outputs = self.forward_outputs(img, cameras)
+        if mode == 'tensor':
+            return outputs
+        if mode == 'loss':
+            return self.loss(outputs, data_samples)
+        preds = self.head.predict(outputs)
+        tokens = data_samples.get('token', [None] * len(preds))
+        return [dict(token=tok, pred_instances_3d=dict(bboxes_3d=LiDARBoxes(p['bboxes_3d'], validate=False),
+                                                       scores_3d=p['scores_3d'], labels_3d=p['labels_3d']))
+                for tok, p in zip(tokens, preds)]
+
+    def loss(self, outputs: dict, data_samples: dict) -> dict:
+        """Head losses with the ground truth of ``data_samples`` moved to the outputs' device."""
+        missing = [k for k in ('gt_bboxes_3d', 'gt_labels_3d') if k not in data_samples]
+        if missing:
+            raise KeyError(f"MultiViewDetector: mode 'loss' needs data_samples keys {missing}; pack them with "
+                           f"Pack3DDetInputs(keys=('img', 'gt_bboxes_3d', 'gt_labels_3d'))")
+        device = outputs['all_cls_scores'].device
+        boxes = [(b.tensor if isinstance(b, LiDARBoxes) else torch.as_tensor(b)).to(device=device, dtype=torch.float32)
+                 for b in data_samples['gt_bboxes_3d']]  # B x (G_b, 9)
+        labels = [torch.as_tensor(lab).to(device=device, dtype=torch.long) for lab in data_samples['gt_labels_3d']]
+        return self.head.loss(outputs, boxes, labels)
