@@ -34,6 +34,8 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 from nuscenes import NuScenes
 from nuscenes.eval.common.config import config_factory
+from nuscenes.eval.common.loaders import load_prediction
+from nuscenes.eval.detection.data_classes import DetectionBox
 from nuscenes.eval.detection.constants import DETECTION_NAMES
 from nuscenes.eval.detection.evaluate import DetectionEval
 from nuscenes.eval.detection.utils import detection_name_to_rel_attributes
@@ -141,6 +143,13 @@ def validate_submission(submission, sample_tokens: Sequence[str],
     ``detection_name`` among the 10 classes and an ``attribute_name`` valid for that class per
     the devkit (``detection_name_to_rel_attributes``; '' for barrier and traffic_cone).
     The error names the file and lists the first problems found.
+
+    When these checks pass, the file is loaded with the devkit's own loader
+    (``nuscenes.eval.common.loaders.load_prediction`` with ``DetectionBox``, what the evaluation
+    server runs first), which must accept it and hold every split token and every box; anything it
+    refuses (e.g. an extra ``ego_translation`` field of the wrong length) raises a ValueError naming
+    the file. A dict is written to a temporary JSON file for that step, so a dict and its file are
+    checked alike.
     """
     where = submission if isinstance(submission, str) else 'submission'
     if isinstance(submission, str):
@@ -178,6 +187,33 @@ def validate_submission(submission, sample_tokens: Sequence[str],
     if problems:
         raise ValueError(f'{where} is not a valid nuScenes detection submission; '
                          f'{len(problems)} problem(s) found (first ones):\n  ' + '\n  '.join(problems[:10]))
+    num_boxes = sum(len(boxes) for boxes in results.values())
+    if where != 'submission':
+        _devkit_check(where, where, sample_tokens, num_boxes, max_boxes_per_sample)
+        return
+    with tempfile.TemporaryDirectory(prefix='sf3d_submission_') as tmp:
+        path = osp.join(tmp, RESULT_FILE)
+        with open(path, 'w') as f:
+            json.dump(submission, f)
+        _devkit_check(path, 'submission (checked as a temporary JSON file)', sample_tokens, num_boxes,
+                      max_boxes_per_sample)
+
+
+def _devkit_check(path: str, where: str, sample_tokens: Sequence[str], num_boxes: int,
+                  max_boxes_per_sample: int) -> None:
+    """Load ``path`` with the devkit's ``load_prediction``; it must hold ``sample_tokens`` and ``num_boxes``."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            loaded, _ = load_prediction(path, max_boxes_per_sample, DetectionBox, verbose=False)
+    except Exception as err:  # the devkit asserts (AssertionError) or fails on a field (ValueError, TypeError...)
+        raise ValueError(f'{where} is refused by the nuScenes devkit loader (load_prediction): '
+                         f'{type(err).__name__}: {err}') from err
+    missing = [t for t in sample_tokens if t not in loaded.boxes]
+    count = sum(len(boxes) for boxes in loaded.boxes.values())
+    if missing or count != num_boxes:
+        raise ValueError(f'{where}: the nuScenes devkit loader read {len(loaded.boxes)} samples and {count} boxes, '
+                         f'expected all {len(sample_tokens)} split tokens and {num_boxes} boxes'
+                         + (f' (e.g. {missing[0]!r} is missing)' if missing else ''))
 
 
 def _atomic_write_json(obj, path: str) -> None:

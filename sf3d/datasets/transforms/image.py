@@ -65,29 +65,57 @@ class PhotoMetricDistortionMultiView:
         self.hue_delta = float(hue_delta)
         self.channel_swap = channel_swap
 
-    def _contrast(self, img: np.ndarray) -> np.ndarray:
+    def _draw(self) -> Dict:
+        """One image's random parameters (None: step skipped), drawn in the order in which the steps
+        run (mmdet's), so a seed gives the same images as applying the steps one by one."""
+        p: Dict = dict(brightness=None, contrast=None, saturation=None, hue=None, perm=None)
         if np.random.randint(2):
-            img = np.clip(img * np.random.uniform(*self.contrast_range), 0, 255)
-        return img
+            p['brightness'] = np.random.uniform(-self.brightness_delta, self.brightness_delta)
+        p['mode'] = np.random.randint(2)
+        if p['mode'] == 0 and np.random.randint(2):
+            p['contrast'] = np.random.uniform(*self.contrast_range)
+        if np.random.randint(2):
+            p['saturation'] = np.random.uniform(*self.saturation_range)
+        if np.random.randint(2):
+            p['hue'] = np.random.uniform(-self.hue_delta, self.hue_delta)
+        if p['mode'] == 1 and np.random.randint(2):
+            p['contrast'] = np.random.uniform(*self.contrast_range)
+        if self.channel_swap and np.random.randint(2):
+            p['perm'] = np.random.permutation(3)
+        return p
 
     def _distort(self, img: np.ndarray) -> np.ndarray:
-        img = img.astype(np.float32)  # a copy: the input is never modified in place
-        if np.random.randint(2):
-            img = np.clip(img + np.random.uniform(-self.brightness_delta, self.brightness_delta), 0, 255)
-        mode = np.random.randint(2)
-        if mode == 0:
-            img = self._contrast(img)
-        hsv = cv2.cvtColor(img.astype(np.float32) / 255.0, cv2.COLOR_RGB2HSV)  # (H, W, 3) H in degrees
-        if np.random.randint(2):
-            hsv[..., 1] = np.clip(hsv[..., 1] * np.random.uniform(*self.saturation_range), 0, 1)
-        if np.random.randint(2):
-            hsv[..., 0] = np.mod(hsv[..., 0] + np.random.uniform(-self.hue_delta, self.hue_delta), 360.0)
-        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255.0
-        if mode == 1:
-            img = self._contrast(img)
-        if self.channel_swap and np.random.randint(2):
-            img = img[..., np.random.permutation(3)]
-        return np.ascontiguousarray(img, dtype=np.float32)
+        p = self._draw()
+        # every step writes into one float32 buffer (the input is never modified); each in-place
+        # numpy call does the same float32 operation as the textbook expression in the docstring
+        if img.dtype == np.float32:
+            src, out = img, np.empty(img.shape, np.float32)
+        else:
+            src = out = img.astype(np.float32)
+        if p['brightness'] is not None:
+            np.add(src, p['brightness'], out=out)
+            src = np.clip(out, 0, 255, out=out)
+        if p['mode'] == 0 and p['contrast'] is not None:
+            np.multiply(src, p['contrast'], out=out)
+            src = np.clip(out, 0, 255, out=out)
+        hsv = cv2.cvtColor(np.divide(src, 255.0, out=out), cv2.COLOR_RGB2HSV)  # (H, W, 3) H in degrees
+        if p['saturation'] is not None:
+            sat = hsv[..., 1]
+            np.clip(np.multiply(sat, p['saturation'], out=sat), 0, 1, out=sat)
+        if p['hue'] is not None:
+            hue = hsv[..., 0]
+            np.mod(np.add(hue, p['hue'], out=hue), 360.0, out=hue)
+        perm = p['perm']
+        reverse = perm is not None and perm.tolist() == [2, 1, 0]  # the swap is then free: HSV -> BGR
+        cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR if reverse else cv2.COLOR_HSV2RGB, dst=out)
+        np.multiply(out, 255.0, out=out)
+        if p['mode'] == 1 and p['contrast'] is not None:  # per value: commutes with the channel swap
+            np.clip(np.multiply(out, p['contrast'], out=out), 0, 255, out=out)
+        if perm is not None and not reverse and perm.tolist() != [0, 1, 2]:
+            swapped = np.empty_like(out)
+            cv2.mixChannels([out], [swapped], [int(perm[0]), 0, int(perm[1]), 1, int(perm[2]), 2])
+            out = swapped
+        return out
 
     def __call__(self, results: Dict) -> Dict:
         results['img'] = [self._distort(img) for img in _images(results, type(self).__name__)]
@@ -195,9 +223,15 @@ class ResizeCropFlipMultiView:
         new_h, new_w = p['resized']
         shrink = new_w < img.shape[1]
         out = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        out = _crop_pad(out, p['crop'][0], p['crop'][1], (fh, fw))
-        if p['flip']:
-            out = out[:, ::-1]
+        x0, y0 = p['crop']
+        if 0 <= x0 and 0 <= y0 and x0 + fw <= new_w and y0 + fh <= new_h:  # window inside: no padding
+            out = out[y0:y0 + fh, x0:x0 + fw]
+            if p['flip']:
+                out = cv2.flip(out, 1)  # one contiguous copy, = out[:, ::-1]
+        else:
+            out = _crop_pad(out, x0, y0, (fh, fw))
+            if p['flip']:
+                out = out[:, ::-1]
         if p['rotate']:
             rot = img_rotation(p['rotate'], (fw / 2, fh / 2)).numpy()
             out = cv2.warpAffine(np.ascontiguousarray(out), _cv2_matrix(rot), (fw, fh), flags=cv2.INTER_LINEAR,
@@ -252,32 +286,35 @@ class GridMask:
         d = np.random.randint(2, max(h, 3))
         stripe = min(max(int(d * self.ratio + 0.5), 1), d - 1)
         st_h, st_w = np.random.randint(d), np.random.randint(d)
-
-        def stripes(n: int, start: int) -> np.ndarray:  # (n,) bool: inside one of the n // d stripes
-            idx = np.arange(n) - start
-            return (idx >= 0) & (idx < (n // d) * d) & (idx % d < stripe)
-
-        mask = np.ones((hh, ww), np.float32)
-        if self.use_h:
-            mask[stripes(hh, st_h), :] = 0
-        if self.use_w:
-            mask[:, stripes(ww, st_w)] = 0
         angle = np.random.randint(self.rotate)
-        if angle:
-            mask = np.asarray(Image.fromarray(mask.astype(np.uint8)).rotate(angle), dtype=np.float32)
         top, left = (hh - h) // 2, (ww - w) // 2
-        mask = mask[top:top + h, left:left + w]
-        return 1 - mask if self.mode == 1 else mask
+
+        def stripes(n: int, start: int, on: bool) -> np.ndarray:  # (n,) bool: inside one of the n // d stripes
+            idx = np.arange(n) - start
+            return (idx >= 0) & (idx < (n // d) * d) & (idx % d < stripe) & on
+
+        rows, cols = stripes(hh, st_h, self.use_h), stripes(ww, st_w, self.use_w)
+        if angle:
+            mask = np.ones((hh, ww), np.float32)
+            mask[rows, :] = 0
+            mask[:, cols] = 0
+            mask = np.asarray(Image.fromarray(mask.astype(np.uint8)).rotate(angle), dtype=np.float32)
+            mask = mask[top:top + h, left:left + w]
+            return 1 - mask if self.mode == 1 else mask
+        # unrotated, the grid is separable: build only the (h, w) window, from one row and one column
+        striped = rows[top:top + h, None] | cols[None, left:left + w]  # (h, w) on a row or column stripe
+        return (striped if self.mode == 1 else ~striped).astype(np.float32)
 
     def _apply(self, img: np.ndarray) -> np.ndarray:
-        img = img.astype(np.float32)
+        img = np.ascontiguousarray(img, dtype=np.float32)  # no copy if it is one already: never modified in place
         if np.random.rand() > self.prob:
             return img
-        mask = self.mask(*img.shape[:2])[..., None]  # (H, W, 1)
+        mask = self.mask(*img.shape[:2])
         if self.offset:
+            mask = mask[..., None]  # (H, W, 1)
             noise = (2 * (np.random.rand(*img.shape[:2]) - 0.5)).astype(np.float32)[..., None]
             return img * mask + noise * (1 - mask)
-        return img * mask
+        return cv2.multiply(img, cv2.merge([mask] * img.shape[2]))  # = img * mask[..., None], faster
 
     def __call__(self, results: Dict) -> Dict:
         results['img'] = [self._apply(img) for img in _images(results, type(self).__name__)]
@@ -306,12 +343,25 @@ class NormalizeMultiviewImage:
         if self.mean.shape != (3,) or self.std.shape != (3,) or not (self.std > 0).all():
             raise ValueError(f'NormalizeMultiviewImage: mean and std need 3 values (std > 0), got {mean}, {std}')
         self.to_rgb = to_rgb
+        self._tiles: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
 
     def _norm(self, img: np.ndarray) -> np.ndarray:
-        img = img.astype(np.float32)
+        img = img.astype(np.float32, copy=False)
         if not self.to_rgb:
             img = img[..., ::-1]
-        return np.ascontiguousarray((img - self.mean) / self.std, dtype=np.float32)
+        h, w, c = img.shape
+        # (H, W * 3) rows minus/over the per-channel values tiled along the row: the same float32
+        # operations as (img - mean) / std, without numpy's slow length-3 broadcast loop
+        rows = np.ascontiguousarray(img).reshape(h, w * c)
+        mean, std = self._tiled(w)
+        out = np.subtract(rows, mean)
+        return np.divide(out, std, out=out).reshape(h, w, c)
+
+    def _tiled(self, w: int) -> Tuple[np.ndarray, np.ndarray]:
+        """``mean`` and ``std`` repeated for a row of ``w`` pixels, (w * 3,) each (cached per width)."""
+        if w not in self._tiles:
+            self._tiles[w] = (np.tile(self.mean, w), np.tile(self.std, w))
+        return self._tiles[w]
 
     def __call__(self, results: Dict) -> Dict:
         results['img'] = [self._norm(img) for img in _images(results, type(self).__name__)]
@@ -354,6 +404,14 @@ class PadMultiViewImage:
             w = -(-w // self.size_divisor) * self.size_divisor
         padded = []
         for img in imgs:
+            if img.shape[:2] == (h, w):  # nothing to pad (arrays are never modified in place)
+                padded.append(img)
+                continue
+            if img.dtype == np.float32 and img.ndim == 3 and img.shape[2] == 3:  # one pass instead of fill + copy
+                bottom, right = h - img.shape[0], w - img.shape[1]
+                padded.append(cv2.copyMakeBorder(np.ascontiguousarray(img), 0, bottom, 0, right, cv2.BORDER_CONSTANT,
+                                                 value=(self.pad_val,) * 3))
+                continue
             out = np.full((h, w) + img.shape[2:], self.pad_val, dtype=img.dtype)
             out[:img.shape[0], :img.shape[1]] = img
             padded.append(out)

@@ -5,8 +5,10 @@ After ``LoadMultiViewImages`` the sample's camera parameters live ONLY in
 ``cam2img`` / ``lidar2cam`` / ``lidar2img`` matrices that the dataset put into
 ``results['images'][CAM]`` are removed, so no later transform can read a stale copy.
 """
+import io
 from typing import Dict, List
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -15,14 +17,28 @@ from sf3d.structures import MultiViewCameras
 
 # per-camera keys that become part of MultiViewCameras and are then removed from results['images']
 CAMERA_MATRIX_KEYS = ('cam2img', 'lidar2cam', 'lidar2img', 'cam2ego')
+JPEG_EOI = b'\xff\xd9'  # the JPEG end-of-image marker: the last two bytes of a complete file
 
 
 def read_rgb(path: str) -> np.ndarray:
     """(H, W, 3) uint8 RGB pixels of the image at ``path``; a missing, truncated or otherwise
-    unreadable file raises an error that names it."""
+    unreadable file raises an error that names it.
+
+    A complete colour JPEG (what the nuScenes cameras write: PIL mode RGB, ending with the JPEG
+    end-of-image marker) is decoded by OpenCV, about 3x faster per image than PIL here and
+    pixel-identical (both libjpeg-turbo; EXIF orientation ignored by both). Everything else --
+    PNG, grayscale or CMYK JPEGs, a truncated file (no end-of-image marker) -- goes through PIL,
+    which converts to RGB or raises.
+    """
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert('RGB'))  # decodes the whole file here
+        with open(path, 'rb') as f:
+            data = f.read()
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+            if img.format == 'JPEG' and img.mode == 'RGB' and data.endswith(JPEG_EOI):
+                bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+                if bgr is not None and bgr.shape == (img.height, img.width, 3):
+                    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            return np.asarray(img if img.mode == 'RGB' else img.convert('RGB'))  # decodes the whole file here
     except FileNotFoundError as err:
         raise FileNotFoundError(f'camera image {path} does not exist') from err
     except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for corrupt/truncated files
