@@ -30,6 +30,7 @@ from torch import Tensor
 from torchvision.models.resnet import resnet50, resnet101
 
 from sf3d.registry import MODELS
+from sf3d.utils.checkpoint import load_state_dict_strict
 
 __all__ = ['ResNet', 'load_resnet_checkpoint']
 
@@ -141,13 +142,4 @@ def load_resnet_checkpoint(model: ResNet, checkpoint: str | os.PathLike | Mappin
             k = k[len(prefix):] if k.startswith(prefix) else k
         if not k.startswith('fc.'):
             cleaned[k] = v
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(cleaned)), sorted(set(cleaned) - set(own))
-    if missing or unexpected:
-        raise KeyError(f'ResNet-{model.depth}: checkpoint {source} does not match the model: '
-                       f'missing keys {missing}, unexpected keys {unexpected}')
-    wrong = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
-             for k, v in cleaned.items() if v.shape != own[k].shape]
-    if wrong:
-        raise ValueError(f'ResNet-{model.depth}: checkpoint {source} has shapes that differ from the model: {wrong}')
-    model.load_state_dict(cleaned, strict=True)
+    load_state_dict_strict(model, cleaned, source=source, name=f'ResNet-{model.depth}')

@@ -58,6 +58,7 @@ from torch.utils.checkpoint import checkpoint
 from sf3d.models.layers import (Attention, Mlp, PosConv, SpatialReduction, conv2d_channels_last,
                                grid_sincos_encoding)
 from sf3d.registry import MODELS
+from sf3d.utils.checkpoint import load_state_dict_strict
 
 __all__ = [
     'BilateralCrossAttentionBlock', 'SelfAttentionBlock', 'SpatialFormerStage', 'SpatialFormer',
@@ -504,17 +505,7 @@ def load_pretrained(model: SpatialFormer, checkpoint: str | os.PathLike | Mappin
                 f'at an existing file (use init_cfg=None to start from random weights).')
         checkpoint = torch.load(source, map_location='cpu', weights_only=False)
     state_dict = checkpoint_filter_fn(checkpoint, model, drop_head=drop_head, pretrained_grid=pretrained_grid)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    if missing or unexpected:
-        raise KeyError(f'SpatialFormer: checkpoint {source} does not match the model: '
-                       f'missing keys {missing}, unexpected keys {unexpected}')
-    wrong = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
-             for k, v in state_dict.items() if v.shape != own[k].shape]
-    if wrong:
-        raise ValueError(f'SpatialFormer: checkpoint {source} has shapes that differ from the model: {wrong}')
-    model.load_state_dict(state_dict, strict=True)
+    load_state_dict_strict(model, state_dict, source=source, name='SpatialFormer')
 
 
 def spatialformer_t(**kwargs) -> SpatialFormer:

@@ -1,0 +1,20 @@
+"""Strict state-dict loading with errors that name the checkpoint and the offending keys."""
+from collections.abc import Mapping
+
+import torch.nn as nn
+from torch import Tensor
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], *, source: str, name: str) -> None:
+    """Load ``state_dict`` into ``model``; raise KeyError naming missing / unexpected keys and
+    ValueError naming keys whose shapes differ (``name`` and ``source`` lead the message)."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
+    if missing or unexpected:
+        raise KeyError(f'{name}: checkpoint {source} does not match the model: '
+                       f'missing keys {missing}, unexpected keys {unexpected}')
+    wrong = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
+             for k, v in state_dict.items() if v.shape != own[k].shape]
+    if wrong:
+        raise ValueError(f'{name}: checkpoint {source} has shapes that differ from the model: {wrong}')
+    model.load_state_dict(state_dict, strict=True)
