@@ -1,6 +1,5 @@
 """sf3d.datasets.ImageNetFolder on a tiny synthetic set: samples, class mapping, batching,
 subsets, and errors on missing folders and corrupt images."""
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -14,8 +13,8 @@ from timm.data.auto_augment import AugmentOp
 
 from sf3d.datasets import ImageNetFolder
 from sf3d.registry import DATASETS
+from tool_loader import load_tool
 
-ROOT = Path(__file__).resolve().parents[2]
 WNIDS = ('n00000000', 'n00000001', 'n00000002')
 TRAIN_TF = dict(input_size=24, is_training=True, auto_augment='rand-m9-mstd0.5-inc1', re_prob=0.25,
                 re_mode='pixel', interpolation='bicubic')
@@ -24,10 +23,7 @@ VAL_TF = dict(input_size=24, crop_pct=0.875, interpolation='bicubic')
 
 @pytest.fixture(scope='module')
 def data_root(tmp_path_factory) -> Path:
-    spec = importlib.util.spec_from_file_location('make_synthetic_imagenet',
-                                                  ROOT / 'tools' / 'make_synthetic_imagenet.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('make_synthetic_imagenet')
     root = tmp_path_factory.mktemp('imagenet')
     tool.make_synthetic_imagenet(root, num_classes=3, train_per_class=4, val_per_class=2, size=32,
                                  seed=0, progress=False)

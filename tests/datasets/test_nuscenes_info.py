@@ -6,7 +6,6 @@ box_velocity) and pyquaternion, not with the code under test.
 """
 import copy
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -26,20 +25,13 @@ import sf3d.datasets.synthetic_nuscenes as gen
 from sf3d.datasets.nuscenes_info import (CAMERAS, CLASSES, convert_legacy_infos, create_nuscenes_infos,
                                          detect_legacy_convention, load_nuscenes_infos, update_legacy_infos)
 from sf3d.structures import from_info_bbox3d, to_nusc_boxes
+from tool_loader import load_tool
 
-ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = 2
 CONVERT = 'python tools/create_data.py nuscenes --update-infos'
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location('create_data_cli', ROOT / 'tools' / 'create_data.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cli = _load_cli()
+cli = load_tool('create_data')
 
 
 @pytest.fixture(scope='module')

@@ -468,3 +468,51 @@ def test_pack_and_collate(dataset):
     test_sample = Pack3DDetInputs()(ResizeCropFlipMultiView((64, 96))(LoadMultiViewImages()(
         {k: v for k, v in dataset.get_data_info(0).items() if not k.startswith('gt_')})))
     assert 'gt_bboxes_3d' not in test_sample['data_samples']
+
+
+# ---------------------------------------------------------------------------- uint8 fast path
+
+def test_resize_crop_flip_bilinear_uint8_same_geometry(dataset):
+    res = loaded(dataset)
+    kwargs = dict(resize_lim=(0.85, 1.25), bot_pct_lim=(0.0, 0.2), rand_flip=True, is_train=True)
+    np.random.seed(5)
+    area = ResizeCropFlipMultiView(FINAL, **kwargs)(copy.deepcopy(res))
+    np.random.seed(5)
+    bilinear = ResizeCropFlipMultiView(FINAL, interpolation='bilinear', **kwargs)(copy.deepcopy(res))
+    assert bilinear['img_aug_params'] == area['img_aug_params']  # the same draws
+    assert torch.equal(bilinear['cameras'].cam2img, area['cameras'].cam2img)  # the same affine
+    assert torch.equal(bilinear['cameras'].lidar2cam, area['cameras'].lidar2cam)
+    k0, l2c0 = np_cams(res['cameras'])
+    k1, l2c1 = np_cams(bilinear['cameras'])
+    pts = np_corners(res['gt_bboxes_3d'].tensor).reshape(-1, 3)
+    uv0, d0 = np_project(k0, l2c0, pts)
+    uv1, _ = np_project(k1, l2c1, pts)
+    for n, p in enumerate(bilinear['img_aug_params']):
+        img = bilinear['img'][n]
+        assert img.dtype == np.uint8 and img.shape == FINAL + (3,)
+        front = d0[n] > 0.5
+        np.testing.assert_allclose(uv1[n][front], apply_affine(np_affine(p), uv0[n])[front], atol=1e-6)
+        _check_pixels(res['img'][n], img, p)  # uniform regions keep their colour at the affine's place
+        diff = np.abs(img.astype(int) - area['img'][n].astype(int))
+        assert np.median(diff) <= 2  # differs from INTER_AREA only at edges
+    assert 'bilinear' in repr(ResizeCropFlipMultiView(FINAL, interpolation='bilinear'))
+    with pytest.raises(ValueError, match='interpolation'):
+        ResizeCropFlipMultiView(FINAL, interpolation='cubic')
+
+
+def test_uint8_pad_pack_collate_keep_uint8(dataset):
+    samples = []
+    for i in range(2):
+        res = ResizeCropFlipMultiView((100, 160), interpolation='bilinear')(loaded(dataset, i))
+        res = PadMultiViewImage(size_divisor=32)(res)
+        assert all(img.dtype == np.uint8 and img.shape == (128, 160, 3) for img in res['img'])
+        packed = Pack3DDetInputs()(res)
+        img = packed['inputs']['img']
+        assert img.dtype == torch.uint8 and img.shape == (6, 3, 128, 160)
+        np.testing.assert_array_equal(img.numpy(), np.stack(res['img']).transpose(0, 3, 1, 2))
+        samples.append(packed)
+    batch = multiview_collate(samples)
+    assert batch['inputs']['img'].dtype == torch.uint8 and batch['inputs']['img'].shape == (2, 6, 3, 128, 160)
+    mixed = loaded(dataset)
+    mixed['img'][0] = mixed['img'][0].astype(np.float32)  # any float view: float32 as before
+    assert Pack3DDetInputs()(mixed)['inputs']['img'].dtype == torch.float32

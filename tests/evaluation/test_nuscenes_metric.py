@@ -6,7 +6,6 @@ tools/create_data.py (both called in-process).  The generator's attributes follo
 class-and-speed rule that the metric applies, so ground truth sent through the metric must score
 NDS ~1, and known perturbations must move exactly the TP error they should.
 """
-import importlib.util
 import json
 import math
 import os
@@ -22,8 +21,8 @@ from sf3d.evaluation import NuScenesMetric
 from sf3d.evaluation import nuscenes_metric as nm
 from sf3d.registry import METRICS
 from sf3d.structures import LiDARBoxes, from_info_bbox3d
+from tool_loader import load_tool
 
-ROOT = Path(__file__).resolve().parents[2]
 
 # class -> (attribute at <= 0.2 m/s, attribute above), mmdet3d's rule written out by hand
 ATTRIBUTE_TABLE = {
@@ -35,18 +34,11 @@ ATTRIBUTE_TABLE = {
 }
 
 
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f'_tool_{name}', ROOT / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope='module')
 def roots(tmp_path_factory):
     base = tmp_path_factory.mktemp('nusc_metric')
     mini, test = str(base / 'mini'), str(base / 'test')
-    make, create = _tool('make_synthetic_nuscenes'), _tool('create_data')
+    make, create = load_tool('make_synthetic_nuscenes'), load_tool('create_data')
     for out, version in ((mini, 'v1.0-mini'), (test, 'v1.0-test')):
         assert make.main(['--out', out, '--version', version, '--samples-per-scene', '2', '--no-progress']) == 0
     for out, version in ((mini, 'v1.0-mini'), (test, 'v1.0-test')):

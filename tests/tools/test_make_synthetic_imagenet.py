@@ -1,6 +1,5 @@
 """tools/make_synthetic_imagenet.py: layout, determinism, argument checks, overwrite policy,
 and that the classes are learnable by a linear model but not from the mean colour alone."""
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -8,19 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tool_loader import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / 'tools' / 'make_synthetic_imagenet.py'
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('make_synthetic_imagenet', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_tool('make_synthetic_imagenet')
 
 
 def _files(root: Path) -> dict:

@@ -1,7 +1,6 @@
 """tools/visualize.py on the synthetic nuScenes set: PNG size, the global -> LiDAR round trip of a
 results file (predictions land on the GT wireframes), near-plane clipping against hand cases,
 projected pixels against an independent numpy pinhole projection, BEV orientation, and errors."""
-import importlib.util
 import json
 import pickle
 from pathlib import Path
@@ -12,19 +11,11 @@ from PIL import Image
 
 from sf3d.datasets.nuscenes_info import CAMERAS, CLASSES
 from sf3d.structures import LiDARBoxes, pose_matrix, to_nusc_boxes
-
-ROOT = Path(__file__).resolve().parents[2]
-TOOL = ROOT / 'tools' / 'visualize.py'
+from tool_loader import load_tool
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('visualize_tool', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-tool = _load_tool()
+tool = load_tool('visualize')
 
 
 @pytest.fixture(scope='module')
