@@ -1,8 +1,9 @@
 """sf3d models; importing this module registers them in ``sf3d.registry.MODELS``."""
-from . import backbones, detectors, heads, layers, necks
+from . import backbones, data_preprocessors, detectors, heads, layers, necks
 from .backbones import ResNet, SpatialFormer
+from .data_preprocessors import MultiViewDataPreprocessor
 from .detectors import ImageClassifier, MultiViewDetector
 from .necks import FPN
 
-__all__ = ['backbones', 'detectors', 'heads', 'layers', 'necks', 'FPN', 'ImageClassifier', 'MultiViewDetector',
-           'ResNet', 'SpatialFormer']
+__all__ = ['backbones', 'data_preprocessors', 'detectors', 'heads', 'layers', 'necks', 'FPN', 'ImageClassifier',
+           'MultiViewDataPreprocessor', 'MultiViewDetector', 'ResNet', 'SpatialFormer']

@@ -19,7 +19,7 @@ from sf3d.datasets.nuscenes_dataset import NuScenesMultiViewDataset
 from sf3d.datasets.transforms import (GlobalRotScaleTrans, GridMask, LoadMultiViewImages, NormalizeMultiviewImage,
                                       ObjectNameFilter, ObjectRangeFilter, Pack3DDetInputs, PadMultiViewImage,
                                       PhotoMetricDistortionMultiView, RandomFlip3D, ResizeCropFlipMultiView,
-                                      multiview_collate)
+                                      multiview_collate, read_rgb)
 from sf3d.registry import FUNCTIONS, TRANSFORMS
 from sf3d.structures import LiDARBoxes
 
@@ -516,3 +516,26 @@ def test_uint8_pad_pack_collate_keep_uint8(dataset):
     mixed = loaded(dataset)
     mixed['img'][0] = mixed['img'][0].astype(np.float32)  # any float view: float32 as before
     assert Pack3DDetInputs()(mixed)['inputs']['img'].dtype == torch.float32
+
+
+def test_load_reduced_decode_scales_cameras_and_pixels(dataset, tmp_path):
+    full = loaded(dataset)
+    half = LoadMultiViewImages(decode_scale=2)(dataset.get_data_info(0))
+    assert half['ori_shape'] == [(225, 400)] * 6 and half['img_shape'] == [(113, 200)] * 6
+    np.testing.assert_array_equal(half['cameras'].image_size.numpy(), [[113, 200]] * 6)
+    pts = np_corners(full['gt_bboxes_3d'].tensor).reshape(-1, 3)
+    uv_full, depth = np_project(*np_cams(full['cameras']), pts)
+    uv_half, _ = np_project(*np_cams(half['cameras']), pts)
+    np.testing.assert_allclose(uv_half[depth > 0.5], uv_full[depth > 0.5] / 2, atol=1e-9)  # u -> u / 2
+    for img_full, img_half in zip(full['img'], half['img']):
+        assert img_half.dtype == np.uint8 and img_half.shape == (113, 200, 3)
+        block_mean = img_full[:224].reshape(112, 2, 200, 2, 3).mean((1, 3))  # 2x2 block means
+        diff = np.abs(img_half[:112].astype(float) - block_mean)
+        assert np.median(diff) <= 2 and diff.mean() < 3
+    png = tmp_path / 'cam.png'  # not a JPEG: full decode, then 2x2 block means
+    cv2.imwrite(str(png), full['img'][0][..., ::-1])
+    reduced = read_rgb(str(png), decode_scale=2)
+    assert reduced.shape == (113, 200, 3)
+    np.testing.assert_allclose(reduced[:112], full['img'][0][:224].reshape(112, 2, 200, 2, 3).mean((1, 3)), atol=0.51)
+    with pytest.raises(ValueError, match='decode_scale'):
+        LoadMultiViewImages(decode_scale=3)

@@ -1,6 +1,6 @@
 """Packing a multi-view sample into model inputs, and collating samples into a batch.
 
-``Pack3DDetInputs`` returns ``dict(inputs=dict(img=(N_cam, 3, H, W) float32),
+``Pack3DDetInputs`` returns ``dict(inputs=dict(img=(N_cam, 3, H, W) float32, or uint8 for uint8 images),
 data_samples=dict(...))``; ``multiview_collate`` (registered in ``FUNCTIONS``; configs use
 ``collate_fn=dict(type='sf3d.multiview_collate')``) turns a list of those into
 ``dict(inputs=dict(img=(B, N_cam, 3, H, W)), data_samples=dict(cameras=MultiViewCameras
@@ -26,8 +26,10 @@ class Pack3DDetInputs:
     """Pack a sample for the model.
 
     Output:
-        inputs: ``dict(img=Tensor (N_cam, 3, H, W) float32)`` (all views must share one size:
-            use ``PadMultiViewImage`` or ``ResizeCropFlipMultiView`` before).
+        inputs: ``dict(img=Tensor (N_cam, 3, H, W))`` (all views must share one size: use
+            ``PadMultiViewImage`` or ``ResizeCropFlipMultiView`` before); uint8 when every view is
+            uint8 (the pixel work then runs in the model's ``MultiViewDataPreprocessor``),
+            float32 otherwise.
         data_samples: dict with ``cameras`` (``MultiViewCameras`` converted to float32), the
             requested GT keys present in the sample (``gt_bboxes_3d`` as float32 ``LiDARBoxes``,
             ``gt_labels_3d`` as a LongTensor (N,), ``gt_names_3d`` as a list), ``img_path`` (list
@@ -54,9 +56,10 @@ class Pack3DDetInputs:
             raise ValueError(f'Pack3DDetInputs: camera images differ in shape {sorted(shapes)}; add '
                              'PadMultiViewImage or ResizeCropFlipMultiView to the pipeline')
         h, w, c = imgs[0].shape
-        planes = np.empty((len(imgs), c, h, w), np.float32)  # (N, 3, H, W)
+        dtype = np.uint8 if all(view.dtype == np.uint8 for view in imgs) else np.float32
+        planes = np.empty((len(imgs), c, h, w), dtype)  # (N, 3, H, W)
         for i, view in enumerate(imgs):  # one copy per view, straight into the (3, H, W) layout
-            if view.dtype == np.float32 and view.flags.c_contiguous and c == 3:
+            if view.dtype == dtype and view.flags.c_contiguous and c == 3:
                 cv2.split(view, list(planes[i]))  # writes into the planes; faster than numpy's strided copy
             else:
                 planes[i] = view.transpose(2, 0, 1)

@@ -129,6 +129,9 @@ class PhotoMetricDistortionMultiView:
 
 # ---------------------------------------------------------------------------- geometric
 
+INTERPOLATIONS = ('area', 'bilinear')
+
+
 def img_rotation(degrees: float, center: Tuple[float, float]) -> torch.Tensor:
     """(3, 3) pixel affine rotating the image content by ``degrees`` counter-clockwise as displayed
     (PIL's ``Image.rotate`` direction; v points down) about ``center`` = (u, v)."""
@@ -174,6 +177,11 @@ class ResizeCropFlipMultiView:
     * training only: horizontal flip with probability 0.5 if ``rand_flip``; rotation by
       ``U(*rot_lim)`` degrees (counter-clockwise as displayed) about the output centre.
 
+    ``interpolation``: ``'area'`` (default) resizes with ``cv2.INTER_AREA`` when shrinking and
+    ``cv2.INTER_LINEAR`` when enlarging; ``'bilinear'`` always uses ``cv2.INTER_LINEAR`` (about 3x
+    cheaper when shrinking, slightly aliased). Both work on uint8 and float32 images without
+    converting them and use the same affine, so the cameras do not depend on the choice.
+
     Updates ``img`` (same dtype), ``img_shape`` (every camera ``(fH, fW)``), ``cameras``
     (``image_transform(A, image_size=(fH, fW))`` with ``A = rotate @ flip @ crop @ resize``) and
     records ``img_aug_params``: per camera ``dict(scale=(sx, sy), crop=(x0, y0), flip, rotate)``.
@@ -181,7 +189,11 @@ class ResizeCropFlipMultiView:
 
     def __init__(self, final_size: Sequence[int], resize_lim: Sequence[float] = (1.0, 1.0),
                  bot_pct_lim: Sequence[float] = (0.0, 0.0), rand_flip: bool = True,
-                 rot_lim: Sequence[float] = (0.0, 0.0), is_train: bool = False):
+                 rot_lim: Sequence[float] = (0.0, 0.0), is_train: bool = False, interpolation: str = 'area'):
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f'ResizeCropFlipMultiView: interpolation must be one of {INTERPOLATIONS}, '
+                             f'got {interpolation!r}')
+        self.interpolation = interpolation
         fh, fw = (int(v) for v in final_size)
         if fh <= 0 or fw <= 0:
             raise ValueError(f'final_size must be positive (H, W), got {tuple(final_size)}')
@@ -221,8 +233,8 @@ class ResizeCropFlipMultiView:
     def _apply(self, img: np.ndarray, p: Dict) -> np.ndarray:
         fh, fw = self.final_size
         new_h, new_w = p['resized']
-        shrink = new_w < img.shape[1]
-        out = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        area = self.interpolation == 'area' and new_w < img.shape[1]  # INTER_AREA only when shrinking
+        out = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)
         x0, y0 = p['crop']
         if 0 <= x0 and 0 <= y0 and x0 + fw <= new_w and y0 + fh <= new_h:  # window inside: no padding
             out = out[y0:y0 + fh, x0:x0 + fw]
@@ -251,7 +263,7 @@ class ResizeCropFlipMultiView:
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(final_size={self.final_size}, resize_lim={self.resize_lim}, '
                 f'bot_pct_lim={self.bot_pct_lim}, rand_flip={self.rand_flip}, rot_lim={self.rot_lim}, '
-                f'is_train={self.is_train})')
+                f'is_train={self.is_train}, interpolation={self.interpolation!r})')
 
 
 # ---------------------------------------------------------------------------- GridMask

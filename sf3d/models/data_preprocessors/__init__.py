@@ -1,0 +1,4 @@
+"""Model-side data preprocessors (registered in ``sf3d.registry.MODELS``)."""
+from .multiview import BatchGridMask, BatchPhotometricDistortion, MultiViewDataPreprocessor
+
+__all__ = ['BatchGridMask', 'BatchPhotometricDistortion', 'MultiViewDataPreprocessor']
