@@ -1,8 +1,22 @@
-"""Strict state-dict loading with errors that name the checkpoint and the offending keys."""
+"""Reading checkpoints and strict state-dict loading, with errors that name the checkpoint and
+the offending keys."""
+import os
 from collections.abc import Mapping
 
+import torch
 import torch.nn as nn
 from torch import Tensor
+
+
+def read_checkpoint(checkpoint, *, name: str, hint: str, weights_only: bool) -> tuple:
+    """``checkpoint`` is a path or an already loaded mapping; return ``(mapping, source)`` where
+    ``source`` names it in messages. A missing file raises FileNotFoundError with ``hint``."""
+    if isinstance(checkpoint, Mapping):
+        return checkpoint, 'the given state dict'
+    source = os.fspath(checkpoint)
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f'{name} pretrained checkpoint not found: {source}. {hint}')
+    return torch.load(source, map_location='cpu', weights_only=weights_only), source
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], *, source: str, name: str) -> None:

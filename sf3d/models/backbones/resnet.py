@@ -24,13 +24,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 from torchvision.models.resnet import resnet50, resnet101
 
 from sf3d.registry import MODELS
-from sf3d.utils.checkpoint import load_state_dict_strict
+from sf3d.utils.checkpoint import load_state_dict_strict, read_checkpoint
 
 __all__ = ['ResNet', 'load_resnet_checkpoint']
 
@@ -123,16 +122,10 @@ def load_resnet_checkpoint(model: ResNet, checkpoint: str | os.PathLike | Mappin
     prefixes and drops the classifier (``fc.``). Raises FileNotFoundError for a missing file,
     KeyError naming missing / unexpected keys, ValueError naming keys whose shapes differ.
     """
-    source = 'the given state dict'
-    if not isinstance(checkpoint, Mapping):
-        source = os.fspath(checkpoint)
-        if not os.path.isfile(source):
-            raise FileNotFoundError(
-                f'ResNet pretrained checkpoint not found: {source}. Download torchvision weights beforehand, e.g. '
-                f'torch.save(torchvision.models.ResNet{model.depth}_Weights.IMAGENET1K_V2.get_state_dict(), PATH), '
-                f'or use pretrained=None for random weights.')
-        checkpoint = torch.load(source, map_location='cpu', weights_only=True)
-    state = checkpoint
+    state, source = read_checkpoint(
+        checkpoint, name='ResNet', weights_only=True,
+        hint=f'Download torchvision weights beforehand, e.g. torch.save(torchvision.models.ResNet{model.depth}'
+             f'_Weights.IMAGENET1K_V2.get_state_dict(), PATH), or use pretrained=None for random weights.')
     for wrapper in ('state_dict', 'model'):
         if wrapper in state and isinstance(state[wrapper], Mapping):
             state = state[wrapper]

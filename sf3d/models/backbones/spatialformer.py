@@ -58,7 +58,7 @@ from torch.utils.checkpoint import checkpoint
 from sf3d.models.layers import (Attention, Mlp, PosConv, SpatialReduction, conv2d_channels_last,
                                grid_sincos_encoding)
 from sf3d.registry import MODELS
-from sf3d.utils.checkpoint import load_state_dict_strict
+from sf3d.utils.checkpoint import load_state_dict_strict, read_checkpoint
 
 __all__ = [
     'BilateralCrossAttentionBlock', 'SelfAttentionBlock', 'SpatialFormerStage', 'SpatialFormer',
@@ -495,15 +495,11 @@ def load_pretrained(model: SpatialFormer, checkpoint: str | os.PathLike | Mappin
     Raises FileNotFoundError for a missing file, KeyError naming missing / unexpected keys,
     ValueError naming keys whose shapes differ.
     """
-    source = 'the given state dict'
-    if not isinstance(checkpoint, Mapping):
-        source = os.fspath(checkpoint)
-        if not os.path.isfile(source):
-            raise FileNotFoundError(
-                f'SpatialFormer pretrained checkpoint not found: {source}. Pretrain one with tools/train.py and an '
-                f'ImageNet config under configs/imagenet/, or point init_cfg=dict(type="Pretrained", checkpoint=...) '
-                f'at an existing file (use init_cfg=None to start from random weights).')
-        checkpoint = torch.load(source, map_location='cpu', weights_only=False)
+    checkpoint, source = read_checkpoint(
+        checkpoint, name='SpatialFormer', weights_only=False,
+        hint='Pretrain one with tools/train.py and an ImageNet config under configs/imagenet/, or point '
+             'init_cfg=dict(type="Pretrained", checkpoint=...) at an existing file (use init_cfg=None to start '
+             'from random weights).')
     state_dict = checkpoint_filter_fn(checkpoint, model, drop_head=drop_head, pretrained_grid=pretrained_grid)
     load_state_dict_strict(model, state_dict, source=source, name='SpatialFormer')
 
