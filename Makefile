@@ -4,10 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sf3d-installed
-DEMO_DATA := data/synthetic_imagenet
-DEMO_WORK_DIR := work_dirs/demo_imagenet
+DEMO_NUSC := data/nuscenes_synthetic
+DEMO_CONFIG := configs/synthetic/nuscenes_tiny.py
+DEMO_WORK_DIR := work_dirs/demo_nuscenes
+IMAGENET_DATA := data/synthetic_imagenet
+IMAGENET_WORK_DIR := work_dirs/demo_imagenet
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo demo-imagenet test clean-demo
 
 install: $(STAMP)
 
@@ -18,16 +21,29 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip check
 	touch $(STAMP)
 
-# Until the 3D detector lands: pretrain a tiny SpatialFormer on synthetic ImageNet on the
-# CPU (validation accuracy after every epoch), then test the best checkpoint.
+# The multi-view 3D detector on the synthetic nuScenes mini (made once, ~30 s): train on the
+# CPU (devkit NDS on mini_val every 4 epochs), test the best checkpoint with the devkit, then
+# draw its predictions against GT on the six views and in BEV.
 demo: $(STAMP)
-	test -d $(DEMO_DATA)/train || $(PY) tools/make_synthetic_imagenet.py --out $(DEMO_DATA)
-	$(PY) tools/train.py configs/synthetic/imagenet_tiny.py --work-dir $(DEMO_WORK_DIR)
+	test -f $(DEMO_NUSC)/nuscenes_infos_val.pkl || { \
+	    $(PY) tools/make_synthetic_nuscenes.py --out $(DEMO_NUSC) --samples-per-scene 20 && \
+	    $(PY) tools/create_data.py nuscenes --root-path $(DEMO_NUSC) --version v1.0-mini; }
+	$(PY) tools/train.py $(DEMO_CONFIG) --work-dir $(DEMO_WORK_DIR)
+	$(PY) tools/test.py $(DEMO_CONFIG) \
+	    "$$(ls -t $(DEMO_WORK_DIR)/best_NuScenes_NDS_epoch_*.pth | head -n 1)" --work-dir $(DEMO_WORK_DIR) \
+	    --cfg-options test_evaluator.jsonfile_prefix=$(DEMO_WORK_DIR)/results
+	$(PY) tools/visualize.py --data-root $(DEMO_NUSC) --ann-file nuscenes_infos_val.pkl --index 0 \
+	    --results $(DEMO_WORK_DIR)/results/results_nusc.json --score-thr 0.3 --out $(DEMO_WORK_DIR)/predictions.png
+
+# SpatialFormer pretraining on synthetic ImageNet (a tiny model, a few CPU minutes).
+demo-imagenet: $(STAMP)
+	test -d $(IMAGENET_DATA)/train || $(PY) tools/make_synthetic_imagenet.py --out $(IMAGENET_DATA)
+	$(PY) tools/train.py configs/synthetic/imagenet_tiny.py --work-dir $(IMAGENET_WORK_DIR)
 	$(PY) tools/test.py configs/synthetic/imagenet_tiny.py \
-	    "$$(ls -t $(DEMO_WORK_DIR)/best_accuracy_top1_epoch_*.pth | head -n 1)" --work-dir $(DEMO_WORK_DIR)
+	    "$$(ls -t $(IMAGENET_WORK_DIR)/best_accuracy_top1_epoch_*.pth | head -n 1)" --work-dir $(IMAGENET_WORK_DIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 clean-demo:
-	rm -rf $(DEMO_DATA) $(DEMO_WORK_DIR)
+	rm -rf $(DEMO_NUSC) $(DEMO_WORK_DIR) $(IMAGENET_DATA) $(IMAGENET_WORK_DIR)

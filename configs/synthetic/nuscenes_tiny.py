@@ -5,7 +5,7 @@ _base_ = ['../nuscenes/sf_s.py']
 data_root = 'data/nuscenes_synthetic/'
 version = 'v1.0-mini'
 final_size = (224, 416)  # (H, W): the 400x225 images resized by 1.04, 10 rows cropped off the top
-max_epochs = 12
+max_epochs = 8
 batch_size = 2
 
 model = dict(
@@ -16,7 +16,8 @@ model = dict(
     neck=dict(num_outs=3, add_extra_convs=False),
     head=dict(num_layers=3, num_heads=4, ffn_dims=256, dropout=0.0),
     embed_dims=128,
-    token_loss=dict(cls_weight=1.0, depth_weight=0.1),
+    token_loss=dict(cls_weight=1.0, depth_weight=0.1, assign=True),
+    pixel_loss=dict(cls_weight=1.0, depth_weight=0.1),
 )
 
 train_pipeline = [

@@ -25,6 +25,7 @@ these live in ``transforms.py`` (``img_resize``, ``img_crop``, ``img_hflip``).
 
 Camera frame: x right, y down, z forward (nuScenes/OpenCV); ``depth`` is the camera z.
 """
+import functools
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -82,6 +83,16 @@ def _pad44(k: Tensor) -> Tensor:
     out[..., :3, :3] = k
     out[..., 3, 3] = 1
     return out
+
+
+def _geometry(fn):
+    """Run a camera computation outside autocast: projections and rays stay in the cameras' dtype
+    (float32 at least) under bf16 training, where a bf16 matmul would move pixels by several px."""
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        with torch.autocast(self.cam2img.device.type, enabled=False):
+            return fn(self, *args, **kwargs)
+    return wrapper
 
 
 class MultiViewCameras:
@@ -223,6 +234,7 @@ class MultiViewCameras:
         return self.cam2lidar[..., :3, 3]
 
     # ------------------------------------------------------------------ projection and rays
+    @_geometry
     def project(self, points: Tensor, eps: float = 1e-5) -> Tuple[Tensor, Tensor]:
         """Project LiDAR points into every view.
 
@@ -241,6 +253,7 @@ class MultiViewCameras:
         uv = cam[..., :2] / depth.clamp(min=eps).unsqueeze(-1)
         return uv, depth
 
+    @_geometry
     def unproject(self, uv: Tensor, depth: Tensor) -> Tensor:
         """Inverse of ``project``: uv (..., N_cam, P, 2), depth (..., N_cam, P) -> LiDAR points (..., N_cam, P, 3)."""
         hom = torch.cat([uv * depth.unsqueeze(-1), depth.unsqueeze(-1)], dim=-1)  # (..., N, P, 3)
@@ -254,6 +267,7 @@ class MultiViewCameras:
         u, v = uv[..., 0], uv[..., 1]
         return (depth > eps) & (u >= 0) & (v >= 0) & (u < hw[..., 1, None]) & (v < hw[..., 0, None])
 
+    @_geometry
     def cam_rays(self, uv: Tensor) -> Tensor:
         """Unit ray directions in each CAMERA frame (intrinsics only), ``K^-1 (u, v, 1)`` normalised.
 
@@ -264,6 +278,7 @@ class MultiViewCameras:
         d = uv1 @ torch.linalg.inv(self.cam2img).to(uv.dtype).transpose(-1, -2)
         return d / d.norm(dim=-1, keepdim=True)
 
+    @_geometry
     def rays(self, uv: Tensor) -> Tuple[Tensor, Tensor]:
         """Rays through pixels in the LiDAR frame.
 

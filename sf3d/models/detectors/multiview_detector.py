@@ -23,6 +23,13 @@ centre's distance along the token's ray (L1, metres). The decoder still learns b
 matching; the dense signal only teaches the backbone where objects are and puts the initial
 reference points near them early (README: convergence on synthetic nuScenes).
 
+Pixel supervision (``pixel_loss``, any query mode; the 2D auxiliary loss of many camera 3D
+detectors): every GT box projected into a view covers the 2D bounding box of its corners (boxes
+with a corner behind the camera are skipped); each pixel of the first FPN level takes the class
+and centre depth of the nearest box covering it. A 1x1 conv on that level predicts them (focal
+loss over all pixels, L1 depth on covered pixels), so the features the decoder samples learn
+class and distance densely from the first iteration.
+
 ``query_mode='learned'`` is the DETR3D baseline (any backbone, e.g. ResNet + FPN): an
 ``nn.Embedding(num_queries, 2 * embed_dims)`` split into (query_pos, query) and reference points
 ``sigmoid(Linear(query_pos))`` over the head's point-cloud range.
@@ -63,6 +70,46 @@ def _plucker(origins: Tensor, dirs: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def pixel_targets(boxes: Tensor, labels: Tensor, cameras: MultiViewCameras, feat_size: Sequence[int],
+                  stride: float) -> tuple[Tensor, Tensor]:
+    """Targets of the pixel supervision for ONE sample (module docstring).
+
+    Args:
+        boxes: (G, 9) GT boxes ``[x, y, z_bottom, l, w, h, yaw, vx, vy]``; labels: (G,).
+        cameras: the sample's N_cam views; feat_size: (h, w) of the supervised feature map whose
+            pixel (i, j) is centred at input pixel ``((j + 0.5) * stride, (i + 0.5) * stride)``.
+    Returns:
+        labels (N_cam, h, w) int64, -1 where no box covers the pixel; depths (N_cam, h, w) the
+        covering box's centre depth (camera z, metres; 0 where uncovered).
+    """
+    h, w = feat_size
+    N = cameras.num_cams
+    out_labels = torch.full((N, h, w), -1, dtype=torch.long, device=boxes.device)
+    out_depths = torch.zeros((N, h, w), dtype=torch.float32, device=boxes.device)
+    G = boxes.shape[0]
+    if G == 0:
+        return out_labels, out_depths
+    lb = LiDARBoxes(boxes.float(), validate=False)
+    pts = torch.cat([lb.corners, lb.gravity_center[:, None]], dim=1).reshape(G * 9, 3)  # (G * 9, 3)
+    uv, depth = cameras.project(pts)  # (N, G * 9, 2), (N, G * 9)
+    uv, depth = uv.view(N, G, 9, 2), depth.view(N, G, 9)
+    corners_uv, in_front = uv[:, :, :8], (depth[:, :, :8] > 0.1).all(-1)  # (N, G, 8, 2), (N, G)
+    lo, hi = corners_uv.amin(2), corners_uv.amax(2)  # (N, G, 2) each, (u, v)
+    xs = (torch.arange(w, device=boxes.device, dtype=torch.float32) + 0.5) * stride  # (w,)
+    ys = (torch.arange(h, device=boxes.device, dtype=torch.float32) + 0.5) * stride  # (h,)
+    in_u = (xs >= lo[..., 0, None]) & (xs <= hi[..., 0, None])  # (N, G, w)
+    in_v = (ys >= lo[..., 1, None]) & (ys <= hi[..., 1, None])  # (N, G, h)
+    cover = in_v[..., :, None] & in_u[..., None, :] & in_front[..., None, None]  # (N, G, h, w)
+    centre_depth = depth[:, :, 8]  # (N, G)
+    dmap = torch.where(cover, centre_depth[..., None, None], torch.full_like(centre_depth[..., None, None], float('inf')))
+    nearest, idx = dmap.min(dim=1)  # (N, h, w) each
+    covered = torch.isfinite(nearest)
+    out_labels[covered] = labels[idx[covered]]
+    out_depths[covered] = nearest[covered]
+    return out_labels, out_depths
+
+
+@torch.no_grad()
 def token_targets(centres: Tensor, labels: Tensor, cameras: MultiViewCameras, image_size: Sequence[int],
                   grid: Sequence[int], origins: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:
     """Targets of the token supervision for ONE sample (module docstring).
@@ -75,7 +122,9 @@ def token_targets(centres: Tensor, labels: Tensor, cameras: MultiViewCameras, im
         origins, dirs: (N_cam * M, 3) each token's ray (unit directions).
     Returns:
         labels (N_cam * M,) int64, -1 where no centre falls; depths (N_cam * M,) the winning
-        centre's distance along the token's ray ``(c - o) . d`` (0 where label is -1).
+        centre's distance along the token's ray ``(c - o) . d`` (0 where label is -1); owners (G,)
+        int64: the one token each GT is assigned to (of the cells it wins, the one nearest its
+        view's centre column), -1 for a GT that wins no cell.
     """
     H, W = (float(v) for v in image_size)
     gh, gw = grid
@@ -83,23 +132,30 @@ def token_targets(centres: Tensor, labels: Tensor, cameras: MultiViewCameras, im
     num_tokens = cameras.num_cams * M
     out_labels = torch.full((num_tokens,), -1, dtype=torch.long, device=centres.device)
     out_depths = torch.zeros(num_tokens, dtype=torch.float32, device=centres.device)
+    owners = torch.full((centres.shape[0],), -1, dtype=torch.long, device=centres.device)
     if centres.shape[0] == 0:
-        return out_labels, out_depths
+        return out_labels, out_depths, owners
     uv, depth = cameras.project(centres.float())  # (N, G, 2), (N, G)
     inside = (depth > 0.1) & (uv[..., 0] >= 0) & (uv[..., 0] < W) & (uv[..., 1] >= 0) & (uv[..., 1] < H)
     cam, g = inside.nonzero(as_tuple=True)  # (P,) each
     if cam.numel() == 0:
-        return out_labels, out_depths
+        return out_labels, out_depths, owners
     row = (uv[cam, g, 1] * gh / H).long().clamp(0, gh - 1)
     col = (uv[cam, g, 0] * gw / W).long().clamp(0, gw - 1)
     token = cam * M + row * gw + col  # (P,)
     d = depth[cam, g]
     nearest = torch.full((num_tokens,), float('inf'), device=d.device).scatter_reduce(0, token, d, 'amin')
     win = d == nearest[token]  # the nearest centre of each marked cell
-    token, g = token[win], g[win]
+    token, g, off_centre = token[win], g[win], (uv[cam, g, 0] / W - 0.5).abs()[win]
+    first = torch.full((num_tokens,), centres.shape[0], device=d.device).scatter_reduce(0, token, g, 'amin')
+    keep = g == first[token]  # equal depths: the lowest GT index keeps the cell
+    token, g, off_centre = token[keep], g[keep], off_centre[keep]
     out_labels[token] = labels[g]
     out_depths[token] = ((centres[g].float() - origins[token]) * dirs[token]).sum(-1)
-    return out_labels, out_depths
+    best = torch.full((centres.shape[0],), float('inf'), device=d.device).scatter_reduce(0, g, off_centre, 'amin')
+    own = off_centre == best[g]  # a GT seen by two views is owned by one token
+    owners[g[own]] = token[own]
+    return out_labels, out_depths, owners
 
 
 @MODELS.register_module()
@@ -122,15 +178,19 @@ class MultiViewDetector(BaseModel):
         embed_dims: decoder width C.
         depth_range: (d_min, d_max) metres of the predicted depth along each token's ray.
         ray_num_freqs: Fourier octaves of the Plücker coordinates in the positional query.
-        token_loss: ``dict(cls_weight=..., depth_weight=...)`` turns on the token supervision
-            (module docstring; spatial-token mode only), None (default) leaves it off.
+        token_loss: ``dict(cls_weight=..., depth_weight=..., assign=False)`` turns on the token
+            supervision (module docstring; spatial-token mode only), None (default) leaves it off.
+            ``assign=True`` also matches each GT to the query of the token that owns it before the
+            head's Hungarian step (the rest is matched by cost as usual).
+        pixel_loss: ``dict(cls_weight=..., depth_weight=...)`` turns on the pixel supervision of
+            the first FPN level (module docstring; any query mode), None (default) leaves it off.
         data_preprocessor, init_cfg: as in mmengine's ``BaseModel``.
     """
 
     def __init__(self, *, backbone: dict, neck: dict, head: dict, query_mode: str = 'spatial_tokens',
                  num_queries: int = 900, conditioning: str = 'ray', embed_dims: int = 256,
                  depth_range: Sequence[float] = (1.0, 60.0), ray_num_freqs: int = 4,
-                 token_loss: Optional[dict] = None, data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
+                 token_loss: Optional[dict] = None, pixel_loss: Optional[dict] = None, data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if query_mode not in QUERY_MODES:
             raise ValueError(f'MultiViewDetector: query_mode must be one of {QUERY_MODES}, got {query_mode!r}')
@@ -165,11 +225,17 @@ class MultiViewDetector(BaseModel):
         self.head = DETR3DHead(**head)
 
         if token_loss is not None:
-            unknown = set(token_loss) - {'cls_weight', 'depth_weight'}
+            unknown = set(token_loss) - {'cls_weight', 'depth_weight', 'assign'}
             if query_mode != 'spatial_tokens' or unknown:
                 raise ValueError(f"MultiViewDetector: token_loss needs query_mode='spatial_tokens' and only the keys "
-                                 f"cls_weight, depth_weight; got query_mode={query_mode!r}, token_loss={token_loss}")
-        self.token_loss = None if token_loss is None else dict(dict(cls_weight=1.0, depth_weight=0.1), **token_loss)
+                                 f"cls_weight, depth_weight, assign; got query_mode={query_mode!r}, "
+                                 f"token_loss={token_loss}")
+        self.token_loss = (None if token_loss is None else
+                           dict(dict(cls_weight=1.0, depth_weight=0.1, assign=False), **token_loss))
+        if pixel_loss is not None and set(pixel_loss) - {'cls_weight', 'depth_weight'}:
+            raise ValueError(f'MultiViewDetector: pixel_loss takes only the keys cls_weight, depth_weight; '
+                             f'got {pixel_loss}')
+        self.pixel_loss = None if pixel_loss is None else dict(dict(cls_weight=1.0, depth_weight=0.1), **pixel_loss)
         if query_mode == 'spatial_tokens':
             c_last = self.backbone.embed_dims[-1]
             self.query_proj = nn.Linear(c_last, embed_dims)
@@ -188,6 +254,9 @@ class MultiViewDetector(BaseModel):
             self.reference_points = nn.Linear(embed_dims, 3)
             nn.init.xavier_uniform_(self.reference_points.weight)
             nn.init.zeros_(self.reference_points.bias)
+        if self.pixel_loss is not None:
+            self.pixel_head = nn.Conv2d(embed_dims, self.head.num_classes + 1, 1)  # K class logits + depth
+            nn.init.constant_(self.pixel_head.bias[:-1], -4.595)  # prior probability 0.01
         # built last: the other modules' random initialisation does not depend on the variant
         self.conditioning = (CameraConditioning(conditioning, self.backbone.embed_dims[0])
                              if self.has_spatial_tokens else None)
@@ -242,13 +311,15 @@ class MultiViewDetector(BaseModel):
     def learned_queries(self, B: int) -> tuple[Tensor, Tensor, Tensor]:
         """DETR3D's learned queries -> query (B, Q, C), query_pos (B, Q, C), reference points (B, Q, 3) metres."""
         query_pos, query = self.query_embedding.weight.split(self.embed_dims, dim=-1)  # (Q, C) each
-        ref = denormalize_points(self.reference_points(query_pos).sigmoid(), self.head.pc_range)  # (Q, 3)
+        with torch.autocast(query_pos.device.type, enabled=False):  # reference points in metres stay float32
+            ref = denormalize_points(self.reference_points(query_pos.float()).sigmoid(), self.head.pc_range)  # (Q, 3)
         return query.expand(B, -1, -1), query_pos.expand(B, -1, -1), ref.expand(B, -1, -1)
 
     def forward_outputs(self, img: Tensor, cameras: MultiViewCameras) -> dict:
         """Backbone, FPN, queries, head -> head outputs + ``ref_points`` (B, Q, 3) initial references
         (+ with token supervision: ``token_cls_scores`` (B, Q, K) logits, ``token_depths`` (B, Q),
-        ``token_rays`` (origins, dirs) (B, Q, 3) each)."""
+        ``token_rays`` (origins, dirs) (B, Q, 3) each; + with pixel supervision, in training:
+        ``pixel_preds`` (B, N, K + 1, h, w) class logits and depth on the first FPN level)."""
         B = img.shape[0]
         feats, tokens = self.extract_feats(img, cameras)
         extra = {}
@@ -263,6 +334,8 @@ class MultiViewDetector(BaseModel):
         outputs = self.head(query, query_pos, ref, feats, cameras.lidar2img, tuple(img.shape[-2:]))
         outputs['ref_points'] = ref
         outputs.update(extra)
+        if self.pixel_loss is not None and self.training:
+            outputs['pixel_preds'] = self.pixel_head(feats[0].flatten(0, 1)).unflatten(0, feats[0].shape[:2])  # (B, N, K + 1, h, w)
         return outputs
 
     # ------------------------------------------------------------------ mmengine interface
@@ -321,25 +394,49 @@ class MultiViewDetector(BaseModel):
         boxes = [(b.tensor if isinstance(b, LiDARBoxes) else torch.as_tensor(b)).to(device=device, dtype=torch.float32)
                  for b in data_samples['gt_bboxes_3d']]  # B x (G_b, 9)
         labels = [torch.as_tensor(lab).to(device=device, dtype=torch.long) for lab in data_samples['gt_labels_3d']]
-        losses = self.head.loss(outputs, boxes, labels)
+        token_losses, fixed = {}, None
         if 'token_cls_scores' in outputs:
-            losses.update(self._token_losses(outputs, boxes, labels, cameras, image_size))
+            token_losses, owners = self._token_losses(outputs, boxes, labels, cameras, image_size)
+            if self.token_loss['assign']:
+                fixed = [(own[own >= 0], (own >= 0).nonzero()[:, 0]) for own in owners]
+        losses = self.head.loss(outputs, boxes, labels, fixed_assign=fixed)
+        losses.update(token_losses)
+        if 'pixel_preds' in outputs:
+            losses.update(self._pixel_losses(outputs['pixel_preds'], boxes, labels, cameras))
         return losses
 
+    def _pixel_losses(self, preds: Tensor, boxes: list[Tensor], labels: list[Tensor],
+                      cameras: MultiViewCameras) -> dict:
+        preds = preds.float()  # (B, N, K + 1, h, w)
+        stride = self.feat_strides[0]
+        targets = [pixel_targets(b, lab, MultiViewCameras(cameras.cam2img[i], cameras.lidar2cam[i], validate=False),
+                                 preds.shape[-2:], stride) for i, (b, lab) in enumerate(zip(boxes, labels))]
+        tgt_labels, tgt_depths = (torch.stack(t) for t in zip(*targets))  # (B, N, h, w) each
+        logits = preds[:, :, :-1].movedim(2, -1)  # (B, N, h, w, K)
+        pos = tgt_labels >= 0
+        num_pos = max(int(pos.sum()), 1)
+        onehot = torch.zeros_like(logits)
+        onehot[pos] = nn.functional.one_hot(tgt_labels[pos], logits.shape[-1]).to(logits.dtype)
+        loss_cls = sigmoid_focal_loss(logits, onehot, alpha=self.head.alpha, gamma=self.head.gamma, reduction='sum')
+        loss_depth = (preds[:, :, -1][pos] - tgt_depths[pos]).abs().sum()
+        return {'pixel.loss_cls': self.pixel_loss['cls_weight'] * loss_cls / num_pos,
+                'pixel.loss_depth': self.pixel_loss['depth_weight'] * loss_depth / num_pos}
+
     def _token_losses(self, outputs: dict, boxes: list[Tensor], labels: list[Tensor], cameras: MultiViewCameras,
-                      image_size: Sequence[int]) -> dict:
+                      image_size: Sequence[int]) -> tuple[dict, list[Tensor]]:
         logits, depths = outputs['token_cls_scores'].float(), outputs['token_depths'].float()  # (B, Q, K), (B, Q)
         origins, dirs = outputs['token_rays']
         targets = [token_targets(torch.cat([b[:, :2], b[:, 2:3] + b[:, 5:6] / 2], -1), lab,  # gravity centres
                                  MultiViewCameras(cameras.cam2img[i], cameras.lidar2cam[i], validate=False),
                                  image_size, self.backbone.spatial_grid, origins[i], dirs[i])
                    for i, (b, lab) in enumerate(zip(boxes, labels))]
-        tgt_labels, tgt_depths = (torch.stack(t) for t in zip(*targets))  # (B, Q) each
+        tgt_labels, tgt_depths, owners = zip(*targets)
+        tgt_labels, tgt_depths = torch.stack(tgt_labels), torch.stack(tgt_depths)  # (B, Q) each
         pos = tgt_labels >= 0
         num_pos = max(int(pos.sum()), 1)
         onehot = torch.zeros_like(logits)
         onehot[pos] = nn.functional.one_hot(tgt_labels[pos], logits.shape[-1]).to(logits.dtype)
         loss_cls = sigmoid_focal_loss(logits, onehot, alpha=self.head.alpha, gamma=self.head.gamma, reduction='sum')
         loss_depth = (depths[pos] - tgt_depths[pos]).abs().sum()
-        return {'token.loss_cls': self.token_loss['cls_weight'] * loss_cls / num_pos,
-                'token.loss_depth': self.token_loss['depth_weight'] * loss_depth / num_pos}
+        return ({'token.loss_cls': self.token_loss['cls_weight'] * loss_cls / num_pos,
+                 'token.loss_depth': self.token_loss['depth_weight'] * loss_depth / num_pos}, list(owners))

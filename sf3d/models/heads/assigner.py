@@ -43,9 +43,14 @@ class HungarianAssigner3D:
 
     @torch.no_grad()
     def assign(self, cls_logits: Tensor, bbox_preds: Tensor, gt_labels: Tensor,
-               gt_codes: Tensor) -> tuple[Tensor, Tensor]:
+               gt_codes: Tensor, fixed: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """cls_logits (Q, C), bbox_preds (Q, 10), gt_labels (G,) int, gt_codes (G, 10) ->
-        (pred_idx (M,), gt_idx (M,)) int64 on the input device, M = min(Q, G); empty when G == 0."""
+        (pred_idx (M,), gt_idx (M,)) int64 on the input device, M = min(Q, G); empty when G == 0.
+
+        ``fixed``: (pred_idx (F,), gt_idx (F,)) pairs decided beforehand (each prediction and GT at
+        most once); only the remaining predictions and GTs are matched by cost."""
+        if fixed is not None and fixed[0].numel() > 0:
+            return self._assign_rest(cls_logits, bbox_preds, gt_labels, gt_codes, fixed)
         Q, G = cls_logits.shape[0], gt_labels.shape[0]
         if gt_codes.shape[0] != G or bbox_preds.shape[0] != Q:
             raise ValueError(f'HungarianAssigner3D: {Q} predictions with {bbox_preds.shape[0]} boxes, '
@@ -62,3 +67,16 @@ class HungarianAssigner3D:
         rows, cols = linear_sum_assignment(cost.cpu().numpy())
         dev = cls_logits.device
         return torch.as_tensor(rows, dtype=torch.long, device=dev), torch.as_tensor(cols, dtype=torch.long, device=dev)
+
+    def _assign_rest(self, cls_logits: Tensor, bbox_preds: Tensor, gt_labels: Tensor, gt_codes: Tensor,
+                     fixed: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        fixed_pred, fixed_gt = (f.to(device=cls_logits.device, dtype=torch.long) for f in fixed)
+        if fixed_pred.unique().numel() != fixed_pred.numel() or fixed_gt.unique().numel() != fixed_gt.numel():
+            raise ValueError('HungarianAssigner3D: fixed pairs must use each prediction and each GT at most once')
+        free_q = torch.ones(cls_logits.shape[0], dtype=torch.bool, device=cls_logits.device)
+        free_g = torch.ones(gt_labels.shape[0], dtype=torch.bool, device=cls_logits.device)
+        free_q[fixed_pred] = False
+        free_g[fixed_gt] = False
+        q_idx, g_idx = free_q.nonzero()[:, 0], free_g.nonzero()[:, 0]
+        rows, cols = self.assign(cls_logits[q_idx], bbox_preds[q_idx], gt_labels[g_idx], gt_codes[g_idx])
+        return torch.cat([fixed_pred, q_idx[rows]]), torch.cat([fixed_gt, g_idx[cols]])

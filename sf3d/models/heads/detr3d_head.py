@@ -213,10 +213,11 @@ class DETR3DHead(nn.Module):
         return dict(all_cls_scores=torch.stack(all_cls), all_bbox_preds=torch.stack(all_box))
 
     # ---------------------------------------------------------------- losses
-    def _targets(self, cls_logits: Tensor, bbox_preds: Tensor, gt_codes: Tensor, gt_labels: Tensor):
+    def _targets(self, cls_logits: Tensor, bbox_preds: Tensor, gt_codes: Tensor, gt_labels: Tensor,
+                 fixed: tuple[Tensor, Tensor] | None = None):
         """One sample: (Q, K), (Q, 10), (G, 10), (G,) -> one-hot cls targets (Q, K), bbox targets
         (Q, 10), bbox weights (Q, 10)."""
-        pred_idx, gt_idx = self.assigner.assign(cls_logits, bbox_preds, gt_labels, gt_codes)
+        pred_idx, gt_idx = self.assigner.assign(cls_logits, bbox_preds, gt_labels, gt_codes, fixed)
         cls_t = torch.zeros_like(cls_logits)
         cls_t[pred_idx, gt_labels[gt_idx]] = 1.0
         box_t = torch.zeros_like(bbox_preds)
@@ -241,13 +242,15 @@ class DETR3DHead(nn.Module):
         return codes, labels
 
     def loss(self, outputs: dict, gt_boxes: Sequence[Union[LiDARBoxes, Tensor]],
-             gt_labels: Sequence[Tensor]) -> dict:
+             gt_labels: Sequence[Tensor], fixed_assign: Sequence[tuple[Tensor, Tensor]] | None = None) -> dict:
         """Hungarian-matched focal + L1 losses at every decoder layer.
 
         Args:
             outputs: :meth:`forward`'s dict.
             gt_boxes: B LiDARBoxes or (G_b, 9) tensors ``[x, y, z_bottom, l, w, h, yaw, vx, vy]``.
             gt_labels: B (G_b,) class indices in [0, K).
+            fixed_assign: optional B pairs (query indices, GT indices) matched before the Hungarian
+                step at every layer (the rest is matched by cost).
         Returns:
             dict with ``loss_cls``, ``loss_bbox`` (last layer) and ``d{i}.loss_cls``,
             ``d{i}.loss_bbox`` for the earlier layers; both normalised by max(#GT, 1).
@@ -262,7 +265,8 @@ class DETR3DHead(nn.Module):
         losses = {}
         for lid in range(D):
             cls_l, box_l = all_cls[lid].float(), all_box[lid].float()  # (B, Q, K), (B, Q, 10)
-            targets = [self._targets(cls_l[b].detach(), box_l[b].detach(), codes[b], labels[b]) for b in range(B)]
+            targets = [self._targets(cls_l[b].detach(), box_l[b].detach(), codes[b], labels[b],
+                                     None if fixed_assign is None else fixed_assign[b]) for b in range(B)]
             cls_t, box_t, box_w = (torch.stack(t) for t in zip(*targets))  # (B, Q, K), (B, Q, 10) x 2
             loss_cls = sigmoid_focal_loss(cls_l, cls_t, alpha=self.alpha, gamma=self.gamma, reduction='sum')
             loss_box = ((box_l - box_t).abs() * box_w).sum()

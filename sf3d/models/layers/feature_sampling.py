@@ -42,7 +42,8 @@ def project_points(ref_points: Tensor, lidar2img: Tensor, img_shape: Sequence[in
     H, W = float(img_shape[0]), float(img_shape[1])
     pts = ref_points.float()
     l2i = lidar2img.to(pts)
-    cam = torch.einsum('bnij,bqj->bnqi', l2i[..., :3, :3], pts) + l2i[..., None, :3, 3]  # (B, N, Q, 3)
+    with torch.autocast(pts.device.type, enabled=False):  # pixels in float32 under bf16 training
+        cam = torch.einsum('bnij,bqj->bnqi', l2i[..., :3, :3], pts) + l2i[..., None, :3, 3]  # (B, N, Q, 3)
     depth = cam[..., 2]  # (B, N, Q)
     uv = cam[..., :2] / depth.clamp(min=eps).unsqueeze(-1)  # (B, N, Q, 2) pixels
     scale = uv.new_tensor([2.0 / W, 2.0 / H])
