@@ -55,3 +55,46 @@ def test_imagenet_recipe():
     assert ft.optim_wrapper.optimizer.lr == 5e-6 and ft.optim_wrapper.optimizer.weight_decay == 1e-8
     assert ft.train_dataloader.dataset.transform.input_size == 384
     assert ft.auto_scale_lr.base_batch_size == 512
+
+
+def test_nuscenes_recipe():
+    """DETR3D's recipe (DESIGN.md) in the nuScenes configs, and what each variant changes."""
+    cfg = Config.fromfile(CONFIG_DIR / 'nuscenes/sf_s.py')
+    opt = cfg.optim_wrapper
+    assert (opt.optimizer.type, opt.optimizer.lr, opt.optimizer.weight_decay) == ('AdamW', 2e-4, 0.01)
+    assert opt.paramwise_cfg.custom_keys == {'backbone': dict(lr_mult=0.1)} and opt.clip_grad.max_norm == 35
+    warmup, cosine = cfg.param_scheduler
+    assert (warmup.type, warmup.by_epoch, warmup.end) == ('LinearLR', False, 500)
+    assert (cosine.type, cosine.end) == ('CosineAnnealingLR', 24)
+    assert cfg.train_cfg.max_epochs == 24 and cfg.train_cfg.val_interval == 2
+    assert cfg.default_hooks.checkpoint.save_best == 'NuScenes/NDS'
+    prep = cfg.model.data_preprocessor
+    assert prep.photometric == {} and prep.grid_mask == dict(ratio=0.5, prob=0.7)
+    assert cfg.model.backbone.spatial_grid == (10, 15) and cfg.model.query_mode == 'spatial_tokens'
+    assert cfg.model.backbone.init_cfg.type == 'Pretrained'
+    head = cfg.model.head
+    assert (head.num_layers, cfg.model.embed_dims, head.max_num) == (6, 256, 300)
+    assert cfg.val_evaluator.type == 'NuScenesMetric' and len(cfg.class_names) == 10
+    steps = [t.type for t in cfg.train_pipeline]
+    assert 'PadMultiViewImage' in steps and 'ResizeCropFlipMultiView' not in steps  # 1600x900 padded to 928
+    half = Config.fromfile(CONFIG_DIR / 'nuscenes/sf_s_half.py')
+    assert [t.get('final_size') for t in half.train_pipeline if t.type == 'ResizeCropFlipMultiView'] == [(448, 800)]
+    for name, depth in (('detr3d_r50', 50), ('detr3d_r101', 101)):
+        base = Config.fromfile(CONFIG_DIR / f'nuscenes/{name}.py')
+        assert (base.model.backbone.type, base.model.backbone.depth) == ('ResNet', depth)
+        assert (base.model.query_mode, base.model.num_queries, base.model.conditioning) == ('learned', 900, 'none')
+        assert base.optim_wrapper == opt and base.param_scheduler == cfg.param_scheduler
+
+
+def test_spatialformer_pretrained_path_missing_is_a_clear_error(tmp_path):
+    cfg = Config.fromfile(CONFIG_DIR / 'nuscenes/sf_t.py')
+    cfg.model.backbone.init_cfg.checkpoint = str(tmp_path / 'missing.pth')
+    model = MODELS.build(cfg.model)
+    with pytest.raises(FileNotFoundError, match='missing.pth'):
+        model.init_weights()
+
+
+def test_resnet_pretrained_path_missing_is_a_clear_error():
+    cfg = Config.fromfile(CONFIG_DIR / 'nuscenes/detr3d_r50.py')
+    with pytest.raises(FileNotFoundError, match='resnet50_tv.pth'):
+        MODELS.build(cfg.model)

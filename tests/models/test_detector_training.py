@@ -10,47 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from sf3d.models.detectors.multiview_detector import MultiViewDetector, token_targets
+from detector_utils import (H, K, W, batched_cameras, build, camera, np_focal_sum, np_project, np_unproject, rig,
+                            samples_for, single_thread_fixture)
+from sf3d.models.detectors.multiview_detector import token_targets
 from sf3d.models.layers.feature_sampling import project_points
-from sf3d.structures import LiDARBoxes, MultiViewCameras
+from sf3d.structures import MultiViewCameras
 
-H, W = 64, 96
-ARCH = dict(dims=(16, 32, 32, 32), heads=(1, 2, 2, 2), depths=(1, 1, 1, 1))
-EMBED, K = 32, 10
 TOKEN_LOSS = dict(cls_weight=1.0, depth_weight=0.1)
 
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = single_thread_fixture()
 
 
 # ---------------------------------------------------------------------------------- scenes
-def camera(yaw, f=48.0, centre=(0.5, 0.0, 0.0), pp=(W / 2, H / 2)):
-    """numpy cam2img (3, 3), lidar2cam (4, 4) of a pinhole looking horizontally at ``yaw``
-    (camera x right, y down, z forward) from ``centre`` (LiDAR frame)."""
-    k = np.array([[f, 0, pp[0]], [0, f, pp[1]], [0, 0, 1.0]])
-    fwd = np.array([math.cos(yaw), math.sin(yaw), 0.0])
-    right = np.array([math.sin(yaw), -math.cos(yaw), 0.0])
-    R = np.stack([right, [0, 0, -1.0], fwd])  # LiDAR -> camera rotation
-    m = np.eye(4)
-    m[:3, :3], m[:3, 3] = R, -R @ np.asarray(centre, dtype=np.float64)
-    return k, m
-
-
-def rig(*views):
-    """views: camera() results -> numpy cam2img (N, 3, 3), lidar2cam (N, 4, 4)."""
-    return np.stack([v[0] for v in views]), np.stack([v[1] for v in views])
-
-
-def batched_cameras(*rigs):
-    """B numpy rigs -> MultiViewCameras (B, N) float32 with image_size (H, W)."""
-    return MultiViewCameras.stack([MultiViewCameras(k, m, image_size=(H, W)).to(torch.float32) for k, m in rigs])
-
-
 def gt_boxes(centres, sizes, yaws=None):
     """Gravity centres (G, 3), sizes (G, 3) l, w, h -> (G, 9) LiDAR boxes with z_bottom, zero velocity."""
     centres = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
@@ -60,35 +31,7 @@ def gt_boxes(centres, sizes, yaws=None):
     return torch.as_tensor(np.c_[bottom, sizes, yaws, np.zeros((len(centres), 2))], dtype=torch.float32)
 
 
-def build(num_cams, grid=(2, 3), query_mode='spatial_tokens', conditioning='ray', token_loss=None, seed=0, **kwargs):
-    torch.manual_seed(seed)
-    head = dict(num_layers=2, num_heads=2, ffn_dims=64, num_cams=num_cams, dropout=0.0)
-    head.update(kwargs.pop('head', {}))
-    return MultiViewDetector(backbone=dict(type='SpatialFormer', arch=ARCH, spatial_grid=grid, drop_path_rate=0.0),
-                             neck=dict(), embed_dims=EMBED, query_mode=query_mode, conditioning=conditioning,
-                             head=head, token_loss=token_loss, **kwargs)
-
-
-def samples_for(cameras, boxes, labels):
-    return dict(cameras=cameras, gt_bboxes_3d=[LiDARBoxes(b) for b in boxes],
-                gt_labels_3d=[torch.as_tensor(lab, dtype=torch.long) for lab in labels],
-                token=[f'tok{i}' for i in range(len(boxes))])
-
-
 # ---------------------------------------------------------------------------------- numpy reference
-def np_project(k, l2c, points):
-    """(3, 3), (4, 4), (P, 3) -> uv (P, 2) pixels, camera depth (P,)."""
-    cam = points @ l2c[:3, :3].T + l2c[:3, 3]
-    uvw = cam @ k.T
-    return uvw[:, :2] / uvw[:, 2:], cam[:, 2]
-
-
-def np_unproject(k, l2c, uv, depth):
-    """Pixel (u, v) at camera depth -> LiDAR point (3,)."""
-    cam = depth * (np.linalg.inv(k) @ np.array([uv[0], uv[1], 1.0]))
-    return l2c[:3, :3].T @ (cam - l2c[:3, 3])
-
-
 def np_token_rays(k, l2c, grid):
     """Rays through the token cell centres of one view: origin (3,), directions (gh * gw, 3) row-major."""
     gh, gw = grid
@@ -124,13 +67,6 @@ def np_token_targets(ks, l2cs, centres, labels, grid):
         if abs(u / W - 0.5) < off[g]:
             owners[g], off[g] = tok, abs(u / W - 0.5)
     return out_labels, out_depths, owners
-
-
-def np_focal_sum(logits, targets, alpha=0.25, gamma=2.0):
-    p = 1 / (1 + np.exp(-logits))
-    ce = -(targets * np.log(p) + (1 - targets) * np.log(1 - p))
-    p_t = p * targets + (1 - p) * (1 - targets)
-    return float((ce * (1 - p_t) ** gamma * (alpha * targets + (1 - alpha) * (1 - targets))).sum())
 
 
 # ---------------------------------------------------------------------------------- token targets

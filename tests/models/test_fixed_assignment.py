@@ -14,32 +14,18 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from sf3d.models.detectors.multiview_detector import MultiViewDetector, token_targets
+from detector_utils import (H, K, W, batched_cameras, build, camera, np_focal_sum, np_project, np_unproject, rig,
+                            samples_for, single_thread_fixture)
+from sf3d.models.detectors.multiview_detector import token_targets
 from sf3d.models.heads.assigner import HungarianAssigner3D
-from sf3d.structures import LiDARBoxes, MultiViewCameras
+from sf3d.structures import MultiViewCameras
 
-H, W = 64, 96
-ARCH = dict(dims=(16, 32, 32, 32), heads=(1, 2, 2, 2), depths=(1, 1, 1, 1))
-EMBED, K = 32, 10
-GRID = (2, 3)
+GRID = (2, 3)  # the token grid of build()'s default backbone
 
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = single_thread_fixture()
 
 
 # ---------------------------------------------------------------------------------- numpy reference
-def np_focal_sum(logits, targets, alpha=0.25, gamma=2.0):
-    p = 1 / (1 + np.exp(-logits))
-    ce = -(targets * np.log(p) + (1 - targets) * np.log(1 - p))
-    p_t = p * targets + (1 - p) * (1 - targets)
-    return float((ce * (1 - p_t) ** gamma * (alpha * targets + (1 - alpha) * (1 - targets))).sum())
-
-
 def np_cost(logits, preds, labels, codes, cls_weight=2.0, reg_weight=0.25, alpha=0.25, gamma=2.0):
     """DETR3D's matching cost in numpy: (Q, K), (Q, 10), (G,), (G, 10) -> (Q, G)."""
     p = 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))[:, labels]  # (Q, G)
@@ -122,38 +108,7 @@ def test_duplicate_fixed_indices_raise(fixed_pred, fixed_gt):
                                                                           torch.tensor(fixed_gt)))
 
 
-# ---------------------------------------------------------------------------------- scenes (as test_detector_training)
-def camera(yaw, f=48.0, centre=(0.5, 0.0, 0.0), pp=(W / 2, H / 2)):
-    """numpy cam2img (3, 3), lidar2cam (4, 4) of a pinhole looking horizontally at ``yaw``
-    (camera x right, y down, z forward) from ``centre`` (LiDAR frame)."""
-    k = np.array([[f, 0, pp[0]], [0, f, pp[1]], [0, 0, 1.0]])
-    fwd = np.array([math.cos(yaw), math.sin(yaw), 0.0])
-    right = np.array([math.sin(yaw), -math.cos(yaw), 0.0])
-    R = np.stack([right, [0, 0, -1.0], fwd])  # LiDAR -> camera rotation
-    m = np.eye(4)
-    m[:3, :3], m[:3, 3] = R, -R @ np.asarray(centre, dtype=np.float64)
-    return k, m
-
-
-def rig(*views):
-    return np.stack([v[0] for v in views]), np.stack([v[1] for v in views])
-
-
-def batched_cameras(*rigs):
-    return MultiViewCameras.stack([MultiViewCameras(k, m, image_size=(H, W)).to(torch.float32) for k, m in rigs])
-
-
-def np_project(k, l2c, points):
-    cam = points @ l2c[:3, :3].T + l2c[:3, 3]
-    uvw = cam @ k.T
-    return uvw[:, :2] / uvw[:, 2:], cam[:, 2]
-
-
-def np_unproject(k, l2c, uv, depth):
-    cam = depth * (np.linalg.inv(k) @ np.array([uv[0], uv[1], 1.0]))
-    return l2c[:3, :3].T @ (cam - l2c[:3, 3])
-
-
+# ---------------------------------------------------------------------------------- scenes
 def np_owners(ks, l2cs, centres, grid=GRID):
     """The owner rule of the token supervision in numpy: a centre in front of a view (depth > 0.1)
     inside [0, W) x [0, H) marks its cell, the nearest centre wins the cell; a GT owns, of the
@@ -214,19 +169,6 @@ def np_head_losses(outputs, boxes, labels, fixed=None, cls_weight=2.0, reg_weigh
         losses[f'{prefix}loss_cls'] = cls_weight * focal / num_gt
         losses[f'{prefix}loss_bbox'] = reg_weight * l1 / num_gt
     return losses, matchings
-
-
-def build(num_cams, token_loss, seed=0):
-    torch.manual_seed(seed)
-    head = dict(num_layers=2, num_heads=2, ffn_dims=64, num_cams=num_cams, dropout=0.0)
-    return MultiViewDetector(backbone=dict(type='SpatialFormer', arch=ARCH, spatial_grid=GRID, drop_path_rate=0.0),
-                             neck=dict(), embed_dims=EMBED, conditioning='ray', head=head, token_loss=token_loss)
-
-
-def samples_for(cameras, boxes, labels):
-    return dict(cameras=cameras, gt_bboxes_3d=[LiDARBoxes(torch.as_tensor(b, dtype=torch.float32)) for b in boxes],
-                gt_labels_3d=[torch.as_tensor(lab, dtype=torch.long) for lab in labels],
-                token=[f'tok{i}' for i in range(len(boxes))])
 
 
 def boxes_at(centres, size=(1.6, 0.8, 1.2), yaw=0.3):

@@ -13,72 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from sf3d.models.detectors.multiview_detector import MultiViewDetector, pixel_targets
-from sf3d.structures import LiDARBoxes, MultiViewCameras
+from detector_utils import (H, K, W, batched_cameras, build, camera, np_focal_sum, np_project, rig, samples_for,
+                            single_thread_fixture)
+from sf3d.models.detectors.multiview_detector import pixel_targets
+from sf3d.structures import MultiViewCameras
 
-H, W = 64, 96
-ARCH = dict(dims=(16, 32, 32, 32), heads=(1, 2, 2, 2), depths=(1, 1, 1, 1))
-EMBED, K = 32, 10
 EDGE_MARGIN = 1e-3  # px: no pixel centre of a comparison scene lies closer than this to a 2D box edge
 
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-# ---------------------------------------------------------------------------------- scenes (as test_detector_training)
-def camera(yaw, f=48.0, centre=(0.5, 0.0, 0.0), pp=(W / 2, H / 2)):
-    """numpy cam2img (3, 3), lidar2cam (4, 4) of a pinhole looking horizontally at ``yaw``
-    (camera x right, y down, z forward) from ``centre`` (LiDAR frame)."""
-    k = np.array([[f, 0, pp[0]], [0, f, pp[1]], [0, 0, 1.0]])
-    fwd = np.array([math.cos(yaw), math.sin(yaw), 0.0])
-    right = np.array([math.sin(yaw), -math.cos(yaw), 0.0])
-    R = np.stack([right, [0, 0, -1.0], fwd])  # LiDAR -> camera rotation
-    m = np.eye(4)
-    m[:3, :3], m[:3, 3] = R, -R @ np.asarray(centre, dtype=np.float64)
-    return k, m
-
-
-def rig(*views):
-    """views: camera() results -> numpy cam2img (N, 3, 3), lidar2cam (N, 4, 4)."""
-    return np.stack([v[0] for v in views]), np.stack([v[1] for v in views])
-
-
-def batched_cameras(*rigs):
-    """B numpy rigs -> MultiViewCameras (B, N) float32 with image_size (H, W)."""
-    return MultiViewCameras.stack([MultiViewCameras(k, m, image_size=(H, W)).to(torch.float32) for k, m in rigs])
-
-
-def build(num_cams, grid=(2, 3), query_mode='spatial_tokens', conditioning='ray', seed=0, **kwargs):
-    torch.manual_seed(seed)
-    head = dict(num_layers=2, num_heads=2, ffn_dims=64, num_cams=num_cams, dropout=0.0)
-    return MultiViewDetector(backbone=dict(type='SpatialFormer', arch=ARCH, spatial_grid=grid, drop_path_rate=0.0),
-                             neck=dict(), embed_dims=EMBED, query_mode=query_mode, conditioning=conditioning,
-                             head=head, **kwargs)
-
-
-def samples_for(cameras, boxes, labels):
-    return dict(cameras=cameras, gt_bboxes_3d=[LiDARBoxes(torch.as_tensor(b, dtype=torch.float32)) for b in boxes],
-                gt_labels_3d=[torch.as_tensor(lab, dtype=torch.long) for lab in labels],
-                token=[f'tok{i}' for i in range(len(boxes))])
-
-
-def np_project(k, l2c, points):
-    """(3, 3), (4, 4), (P, 3) -> uv (P, 2) pixels, camera depth (P,)."""
-    cam = points @ l2c[:3, :3].T + l2c[:3, 3]
-    uvw = cam @ k.T
-    return uvw[:, :2] / uvw[:, 2:], cam[:, 2]
-
-
-def np_focal_sum(logits, targets, alpha=0.25, gamma=2.0):
-    p = 1 / (1 + np.exp(-logits))
-    ce = -(targets * np.log(p) + (1 - targets) * np.log(1 - p))
-    p_t = p * targets + (1 - p) * (1 - targets)
-    return float((ce * (1 - p_t) ** gamma * (alpha * targets + (1 - alpha) * (1 - targets))).sum())
+one_thread = single_thread_fixture()
 
 
 # ---------------------------------------------------------------------------------- numpy reference

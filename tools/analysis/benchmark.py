@@ -37,6 +37,11 @@ import subprocess
 import sys
 import time
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # a script's folder is on sys.path; not when loaded by path (tests/tool_loader.py)
+    sys.path.insert(0, HERE)
+from bench_utils import PeakMemory, markdown_lines, write_json  # noqa: E402
+
 DEFAULT_MODELS = ['sf_t', 'sf_s', 'sf_b', 'pvt_v2_b2', 'swin_tiny_patch4_window7_224', 'twins_svt_small',
                   'resnet50']
 SF_ARCHS = {'sf_t': 't', 'sf_s': 's', 'sf_b': 'b'}
@@ -83,21 +88,6 @@ def build_model(spec: str, size: tuple[int, int]):
     return model, model
 
 
-def _proc_status_kib(field: str) -> int:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1])
-    raise RuntimeError(f'{field} not found in /proc/self/status (the CPU memory column needs Linux)')
-
-
-def reset_peak_rss() -> int:
-    """Reset the process's peak RSS (VmHWM) to the current RSS; return the current RSS in KiB."""
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')
-    return _proc_status_kib('VmRSS')
-
-
 def worker(spec: str, size: tuple[int, int], device: str, warmup: int, iters: int, batch: int, threads: int,
            clock: str, count: bool) -> dict:
     """Time one model at one size in this (fresh) process, then (if ``count``) count its FLOPs."""
@@ -124,25 +114,19 @@ def worker(spec: str, size: tuple[int, int], device: str, warmup: int, iters: in
         if cuda:
             torch.cuda.synchronize()
 
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    rss_before = 0 if cuda else reset_peak_rss()
     try:
-        for _ in range(warmup):
-            run()
-        times = []
-        for _ in range(iters):
-            start = timer()
-            run()
-            times.append(timer() - start)
+        with PeakMemory(cuda) as peak:
+            for _ in range(warmup):
+                run()
+            times = []
+            for _ in range(iters):
+                start = timer()
+                run()
+                times.append(timer() - start)
     except Exception as e:
         return dict(result, error=f'forward failed: {type(e).__name__}: {str(e)[:200]}')
     latency = statistics.median(times)
-    if cuda:
-        peak_mib = torch.cuda.max_memory_allocated() / 2 ** 20
-    else:
-        peak_mib = (_proc_status_kib('VmHWM') - rss_before) / 1024
-    result.update(latency_ms=latency * 1e3, latency_min_ms=min(times) * 1e3, peak_mem_mib=peak_mib,
+    result.update(latency_ms=latency * 1e3, latency_min_ms=min(times) * 1e3, peak_mem_mib=peak.mib,
                   torch_threads=torch.get_num_threads())
     if count:
         counted = count_params_flops(_as_module(forward, model.float()), images.float())
@@ -181,15 +165,13 @@ def merge_rounds(runs: list[dict]) -> dict:
 def markdown_table(rows: list[dict], device: str, clock: str = 'wall') -> str:
     mem = 'peak mem (MiB, CUDA alloc)' if device.startswith('cuda') else 'peak RSS growth (MiB)'
     latency = 'latency (ms, median)' if clock == 'wall' else 'CPU time (ms, median)'
-    lines = [f'| model | size | {latency} | throughput (img/s) | {mem} | params (M) | GMACs |',
-             '|---|---|---|---|---|---|---|']
-    for r in rows:
-        if 'error' in r:
-            lines.append(f"| {r['model']} | {r['size']} | n/a ({r['error']}) | | | | |")
-        else:
-            lines.append(f"| {r['model']} | {r['size']} | {r['latency_ms']:.1f} | {r['throughput']:.2f} | "
-                         f"{r['peak_mem_mib']:.0f} | {r['params_m']:.2f} | {r['gmacs']:.2f} |")
-    return '\n'.join(lines)
+    columns = ['model', 'size', latency, 'throughput (img/s)', mem, 'params (M)', 'GMACs']
+
+    def cells(r: dict) -> list[str]:
+        return [r['model'], r['size'], f"{r['latency_ms']:.1f}", f"{r['throughput']:.2f}", f"{r['peak_mem_mib']:.0f}",
+                f"{r['params_m']:.2f}", f"{r['gmacs']:.2f}"]
+
+    return '\n'.join(markdown_lines(columns, rows, cells, lambda r: [r['model'], r['size']]))
 
 
 def main() -> None:
@@ -244,9 +226,7 @@ def main() -> None:
     rows = [merge_rounds(runs) for runs in results.values()]
     print(markdown_table(rows, args.device, args.clock))
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(rows, f, indent=2)
-        print(f'wrote {args.json}')
+        write_json(rows, args.json)
 
 
 if __name__ == '__main__':

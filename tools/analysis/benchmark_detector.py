@@ -51,6 +51,11 @@ import sys
 import time
 from typing import Callable, Optional
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # a script's folder is on sys.path; not when loaded by path (tests/tool_loader.py)
+    sys.path.insert(0, HERE)
+from bench_utils import PeakMemory, markdown_lines, write_json  # noqa: E402
+
 DEFAULT_CONFIGS = ['configs/nuscenes/sf_s.py', 'configs/nuscenes/detr3d_r50.py']
 SIZE_DIVISOR = 32  # SpatialFormer and the FPN need H, W divisible by the coarsest stride
 PROGRESS = '[progress] '  # worker stderr lines shown by the parent
@@ -151,21 +156,6 @@ def build_detector(config: str, cfg_options: Optional[dict] = None):
     return model
 
 
-def _proc_status_kib(field: str) -> int:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1])
-    raise RuntimeError(f'{field} not found in /proc/self/status (the CPU memory column needs Linux)')
-
-
-def reset_peak_rss() -> int:
-    """Reset the process's peak RSS (VmHWM) to the current RSS; return the current RSS in KiB."""
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')
-    return _proc_status_kib('VmRSS')
-
-
 def measure(config: str, shape, *, device: str = 'cpu', amp: bool = False, batch: int = 1, warmup: int = 1,
             iters: int = 3, threads: int = 0, clock: str = 'wall', num_boxes: int = 30,
             cfg_options: Optional[dict] = None, log: Optional[Callable[[str], None]] = None) -> dict:
@@ -237,13 +227,8 @@ def measure(config: str, shape, *, device: str = 'cpu', amp: bool = False, batch
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    rss_before = 0 if cuda else reset_peak_rss()
-    train_times = timed('train', train_step)
-    if cuda:
-        peak_mib = torch.cuda.max_memory_allocated() / 2 ** 20
-    else:
-        peak_mib = (_proc_status_kib('VmHWM') - rss_before) / 1024
+    with PeakMemory(cuda) as peak:
+        train_times = timed('train', train_step)
     model.eval()
     infer_times = timed('infer', infer_step)
     params = sum(p.numel() for p in model.parameters())
@@ -252,7 +237,7 @@ def measure(config: str, shape, *, device: str = 'cpu', amp: bool = False, batch
                 batch=batch, clock=clock, torch_threads=torch.get_num_threads(), params_m=params / 1e6,
                 trainable_params_m=trainable / 1e6, train_s=statistics.median(train_times) / batch,
                 infer_s=statistics.median(infer_times) / batch, train_times_s=train_times,
-                infer_times_s=infer_times, peak_mem_mib=peak_mib,
+                infer_times_s=infer_times, peak_mem_mib=peak.mib,
                 mem='cuda_max_allocated' if cuda else 'rss_growth', loss=losses_seen[-1])
 
 
@@ -287,16 +272,14 @@ def markdown_table(rows: list[dict]) -> str:
     cuda = any(r.get('mem') == 'cuda_max_allocated' for r in ok)
     mem = 'train peak mem (MiB, CUDA max allocated)' if cuda else 'train peak RSS growth (MiB)'
     clock = 'CPU s' if any(r.get('clock') == 'cpu' for r in ok) else 's'
-    lines = [f'| config | shape | params (M) | train fwd+bwd ({clock}/sample) | train vs {first} | {mem} | '
-             f'infer ({clock}/sample) | infer vs {first} |',
-             '|---|---|---|---|---|---|---|---|']
-    for r in rows:
-        if 'error' in r:
-            lines.append(f"| {r['config']} | {r.get('shape', '')} | n/a ({r['error']}) | | | | | |")
-        else:
-            lines.append(f"| {r['config']} | {r['shape']} | {r['params_m']:.2f} | {r['train_s']:.3g} | "
-                         f"{r['train_ratio']:.2f} | {r['peak_mem_mib']:.0f} | {r['infer_s']:.3g} | "
-                         f"{r['infer_ratio']:.2f} |")
+    columns = ['config', 'shape', 'params (M)', f'train fwd+bwd ({clock}/sample)', f'train vs {first}', mem,
+               f'infer ({clock}/sample)', f'infer vs {first}']
+
+    def cells(r: dict) -> list[str]:
+        return [r['config'], r['shape'], f"{r['params_m']:.2f}", f"{r['train_s']:.3g}", f"{r['train_ratio']:.2f}",
+                f"{r['peak_mem_mib']:.0f}", f"{r['infer_s']:.3g}", f"{r['infer_ratio']:.2f}"]
+
+    lines = markdown_lines(columns, rows, cells, lambda r: [r['config'], r.get('shape', '')])
     if ok:
         r = ok[0]
         lines.append(f"\n{r['device']}, {'bf16 autocast' if r['amp'] else 'fp32'}, batch {r['batch']} "
@@ -412,9 +395,7 @@ def main(argv=None) -> None:
     rows = add_ratios([merge_rounds(runs) for runs in results])
     print(markdown_table(rows))
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(rows, f, indent=2)
-        print(f'wrote {args.json}')
+        write_json(rows, args.json)
 
 
 if __name__ == '__main__':
