@@ -58,7 +58,9 @@ def main(argv=None):
     cfg = build_config(args)
     setup_cpu_distributed(cfg, args.launcher)
     try:
-        Runner.from_cfg(cfg).train()
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+        return runner
     finally:
         cleanup_distributed()
 
