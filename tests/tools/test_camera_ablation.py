@@ -1,0 +1,205 @@
+"""tools/camera_ablation.py: a tiny random-weight detector swept end to end on the synthetic
+nuScenes fixture (clean run + 2 severities; the config points at a missing dataroot and --data-root
+swaps in the fixture), CSV / markdown / PNG written, the perturbation really applied to every test
+sample of the perturbed runs only; relative drops and mean +- std against hand-computed values;
+pipeline insertion, run planning and clear errors for bad sweeps / severities / roots."""
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+
+from sf3d.datasets.transforms import perturb
+from sf3d.registry import MODELS
+from tool_loader import load_tool
+
+REPO = Path(__file__).resolve().parents[2]
+FINAL_SIZE = (64, 128)  # (H, W)
+MISSING_ROOT = '/nonexistent/sf3d_nuscenes/'
+
+tool = load_tool('camera_ablation')
+
+
+@pytest.fixture(scope='module')
+def config_and_ckpt(tmp_path_factory):
+    """The demo detector config shrunk to a tiny model whose test data root does not exist (the tool's
+    --data-root supplies it), and a checkpoint of its randomly initialised model."""
+    out = tmp_path_factory.mktemp('camera_ablation_cfg')
+    cfg = Config.fromfile(REPO / 'configs/synthetic/nuscenes_tiny.py')
+    for t in cfg.test_dataloader.dataset.pipeline:
+        if t['type'] == 'ResizeCropFlipMultiView':
+            t['final_size'] = FINAL_SIZE
+    cfg.merge_from_dict({
+        'model.backbone.arch': dict(dims=(16, 16, 32, 32), heads=(1, 1, 2, 2), depths=(1, 1, 1, 1)),
+        'model.backbone.spatial_grid': (2, 3),
+        'model.embed_dims': 32,
+        'model.head.num_layers': 1, 'model.head.num_heads': 2, 'model.head.ffn_dims': 32,
+        'test_dataloader.num_workers': 0, 'test_dataloader.persistent_workers': False,
+        'test_dataloader.dataset.data_root': MISSING_ROOT, 'test_evaluator.data_root': MISSING_ROOT,
+        'default_hooks.logger.interval': 1,
+    })
+    cfg_path = out / 'tiny_ablation.py'
+    cfg.dump(str(cfg_path))
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope('sf3d'):
+        model = MODELS.build(cfg.model)
+    ckpt = out / 'random.pth'
+    torch.save({'meta': {}, 'state_dict': model.state_dict()}, ckpt)
+    return cfg_path, ckpt
+
+
+def test_focal_sweep_end_to_end(config_and_ckpt, nuscenes_root, tmp_path, monkeypatch):
+    cfg_path, ckpt = config_and_ckpt
+    calls = []
+    original = perturb.FocalScale.__call__
+
+    def spy(self, results):
+        calls.append((self.scale, self.mode, results['token']))
+        return original(self, results)
+    monkeypatch.setattr(perturb.FocalScale, '__call__', spy)
+    out = tmp_path / 'out'
+    result = tool.main([str(cfg_path), str(ckpt), '--sweep', 'focal_consistent', '--severities', '0.9', '1.1',
+                        '--seeds', '1', '--data-root', str(nuscenes_root), '--out', str(out), '--no-progress',
+                        '--work-dir', str(tmp_path / 'work')])
+    # every val sample (2 mini_val scenes x 2) went through the perturbation in each perturbed run, and
+    # only there; the config's missing root was replaced
+    tokens = sorted({t for _, _, t in calls})
+    assert len(tokens) == 4
+    assert sorted(calls) == sorted((s, 'consistent', t) for s in (0.9, 1.1) for t in tokens)
+    with open(out / 'focal_consistent.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [r['severity'] for r in rows] == ['clean', '0.9', '1.1'] and {r['seed'] for r in rows} == {'0'}
+    assert rows[0]['perturbation'] == '' and '"scale": 0.9' in rows[1]['perturbation']
+    clean_nds = float(rows[0]['NDS'])
+    for row, run in zip(rows, result['rows']):
+        for m in tool.METRICS:  # NDS, mAP in [0, 1]; TP errors >= 0 (metres, radians, m/s can exceed 1)
+            assert 0.0 <= float(row[m]) <= (1.0 if m in ('NDS', 'mAP') else np.inf)
+            assert float(row[m]) == pytest.approx(run[m], rel=1e-5)
+        for m in tool.DROP_METRICS:  # relative drop against the clean run, empty when clean is 0
+            clean = float(rows[0][m])
+            expect = '' if clean == 0 else pytest.approx(100 * (clean - float(row[m])) / clean, rel=1e-4, abs=1e-6)
+            got = row[f'{m}_rel_drop_pct']
+            assert (got if expect == '' else float(got)) == expect
+    md = (out / 'focal_consistent.md').read_text()
+    assert '| severity (focal scale) | runs | NDS | NDS drop | mAP | mAP drop | mATE |' in md
+    assert f'| clean | 1 | {clean_nds:.4f} | - |' in md and '| 0.9 | 1 |' in md and '| 1.1 | 1 |' in md
+    assert f'data_root: `{nuscenes_root}`' in md
+    png = (out / 'focal_consistent.png').read_bytes()
+    assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 5000
+
+
+def test_random_sweep_runs_every_seed(config_and_ckpt, nuscenes_root, tmp_path, monkeypatch):
+    cfg_path, ckpt = config_and_ckpt
+    black = []
+    original = perturb.CameraDropout.__call__
+
+    def spy(self, results):
+        out = original(self, results)
+        black.append((self.seed, results['token'], sum(not img.any() for img in out['img'])))
+        return out
+    monkeypatch.setattr(perturb.CameraDropout, '__call__', spy)
+    result = tool.main([str(cfg_path), str(ckpt), '--sweep', 'cam_crash', '--severities', '5', '--seeds', '2',
+                        '--data-root', str(nuscenes_root), '--out', str(tmp_path / 'out'), '--no-progress',
+                        '--work-dir', str(tmp_path / 'work')])
+    assert sorted({(seed, n) for seed, _, n in black}) == [(0, 5), (1, 5)] and len(black) == 8
+    assert [(r['severity'], r['seed']) for r in result['rows']] == [('clean', 0), (5, 0), (5, 1)]
+    assert [(e['severity'], e['runs']) for e in result['summary']] == [('clean', 1), (5, 2)]
+    nds = [r['NDS'] for r in result['rows'][1:]]
+    assert result['summary'][1]['NDS'] == pytest.approx(np.mean(nds))
+    assert f"{np.mean(nds):.4f} ± {np.std(nds, ddof=1):.4f}" in (tmp_path / 'out' / 'cam_crash.md').read_text()
+
+
+def test_relative_drop_and_summary_hand_computed():
+    metrics = dict(mATE=0.5, mASE=0.5, mAOE=0.5, mAVE=0.5, mAAE=0.5)
+    rows = [dict(severity='clean', seed=0, NDS=0.40, mAP=0.20, **metrics),
+            dict(severity=2, seed=0, NDS=0.30, mAP=0.10, **metrics),
+            dict(severity=2, seed=1, NDS=0.20, mAP=0.15, **metrics)]
+    tool.add_relative_drops(rows)
+    assert rows[0]['NDS_rel_drop_pct'] == 0.0
+    assert rows[1]['NDS_rel_drop_pct'] == pytest.approx(25.0) and rows[2]['NDS_rel_drop_pct'] == pytest.approx(50.0)
+    assert rows[1]['mAP_rel_drop_pct'] == pytest.approx(50.0) and rows[2]['mAP_rel_drop_pct'] == pytest.approx(25.0)
+    summary = tool.summarise(rows)
+    assert [(e['severity'], e['runs']) for e in summary] == [('clean', 1), (2, 2)]
+    assert summary[1]['NDS'] == pytest.approx(0.25) and summary[1]['NDS_std'] == pytest.approx(np.std([.3, .2], ddof=1))
+    assert summary[1]['NDS_rel_drop_pct'] == pytest.approx(37.5)
+    assert summary[0]['NDS_std'] == 0.0
+    # a clean NDS of 0 has no relative drop
+    zero = [dict(rows[0], NDS=0.0), dict(rows[1])]
+    tool.add_relative_drops(zero)
+    assert math.isnan(zero[1]['NDS_rel_drop_pct']) and zero[1]['mAP_rel_drop_pct'] == pytest.approx(50.0)
+
+
+def test_markdown_and_bar_plot_for_named_cameras(tmp_path):
+    metrics = dict(mAP=0.2, mATE=0.5, mASE=0.5, mAOE=0.5, mAVE=0.5, mAAE=0.5)
+    rows = [dict(severity='clean', seed=0, NDS=0.4, **metrics), dict(severity='CAM_BACK', seed=0, NDS=0.3, **metrics),
+            dict(severity='CAM_FRONT+CAM_BACK', seed=0, NDS=0.1, **metrics)]
+    tool.add_relative_drops(rows)
+    summary = tool.summarise(rows)
+    tool.write_markdown(summary, str(tmp_path / 'd.md'), 'drop_camera', dict(config='c.py'))
+    md = (tmp_path / 'd.md').read_text()
+    assert '| CAM_BACK | 1 | 0.3000 | 25.0% | 0.2000 | 0.0% |' in md
+    assert '| CAM_FRONT+CAM_BACK | 1 | 0.1000 | 75.0% |' in md
+    tool.write_plot(summary, str(tmp_path / 'd.png'), 'drop_camera')
+    assert (tmp_path / 'd.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_pipeline_insertion():
+    base = [dict(type='LoadMultiViewImages'), dict(type='PadMultiViewImage', size_divisor=32),
+            dict(type='Pack3DDetInputs', keys=('img',))]
+    p = dict(type='FocalScale', scale=0.9)
+    assert [t['type'] for t in tool.insert_perturbation(base, p)] == [
+        'LoadMultiViewImages', 'FocalScale', 'PadMultiViewImage', 'Pack3DDetInputs']
+    tiny = [dict(type='LoadMultiViewImages'), dict(type='ResizeCropFlipMultiView', final_size=(8, 8)),
+            dict(type='sf3d.Pack3DDetInputs')]
+    assert [t['type'] for t in tool.insert_perturbation(tiny, p)][2] == 'FocalScale'
+    assert len(base) == 3  # the input is not modified
+    with pytest.raises(ValueError, match='expected LoadMultiViewImages followed'):
+        tool.insert_perturbation([dict(type='Pack3DDetInputs')], p)
+
+
+def test_run_plan_and_severity_parsing():
+    assert tool.plan_runs('focal_calib', [0.9, 1.1], seeds=3) == [
+        ('clean', 0, None), (0.9, 0, dict(type='FocalScale', scale=0.9, mode='calib')),
+        (1.1, 0, dict(type='FocalScale', scale=1.1, mode='calib'))]
+    crash = tool.plan_runs('cam_crash', [2], seeds=2)
+    assert [(s, seed) for s, seed, _ in crash] == [('clean', 0), (2, 0), (2, 1)]
+    assert crash[2][2] == dict(type='CameraDropout', mode='crash', severity=2, seed=1)
+    assert tool.parse_severities('frame_lost', None) == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert tool.parse_severities('cam_crash', None) == [2, 4, 5]
+    assert tool.parse_severities('drop_camera', ['CAM_BACK', 'CAM_FRONT+CAM_BACK_LEFT']) == [
+        'CAM_BACK', 'CAM_FRONT+CAM_BACK_LEFT']
+    assert tool.parse_severities('principal_point', ['5', '40']) == [5.0, 40.0]
+
+
+@pytest.mark.parametrize('sweep, severities, match', [
+    ('focal_consistent', ['zoom'], r"'zoom' is not a number"),
+    ('focal_calib', ['-0.5'], 'severity -0.5 is invalid: FocalScale: scale must be a finite number > 0'),
+    ('cam_crash', ['2.5'], r"'2.5' is not an integer"),
+    ('frame_lost', ['7'], r'severity 7.0 is invalid: .*severity in \[0, 6\]'),
+    ('drop_camera', ['CAM_TOP'], r"unknown camera\(s\) \['CAM_TOP'\]"),
+    ('height', ['0.1', '0.1'], 'repeated values'),
+])
+def test_bad_severities_are_clear_errors(sweep, severities, match):
+    with pytest.raises(ValueError, match=match):
+        tool.parse_severities(sweep, severities)
+
+
+def test_bad_sweep_and_roots_are_clear_errors(config_and_ckpt, nuscenes_root, tmp_path):
+    cfg_path, ckpt = config_and_ckpt
+    common = [str(cfg_path), str(ckpt), '--out', str(tmp_path / 'out')]
+    with pytest.raises(ValueError, match=r"unknown sweep 'zoom'; choose one of focal_consistent, focal_calib"):
+        tool.main(common + ['--sweep', 'zoom'])
+    with pytest.raises(ValueError, match='--seeds must be >= 1'):
+        tool.main(common + ['--sweep', 'rot_noise', '--seeds', '0'])
+    with pytest.raises(FileNotFoundError, match='is not a folder'):
+        tool.main(common + ['--sweep', 'height', '--data-root', str(tmp_path / 'nowhere')])
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(FileNotFoundError, match=r'nuscenes_infos_val.pkl does not exist; write it with'):
+        tool.main(common + ['--sweep', 'height', '--data-root', str(tmp_path / 'empty')])
+    with pytest.raises(FileNotFoundError, match='checkpoint file not found'):
+        tool.main([str(cfg_path), str(tmp_path / 'none.pth'), '--out', str(tmp_path / 'o'), '--sweep', 'pitch'])
+    assert not (tmp_path / 'out').exists()
