@@ -204,3 +204,31 @@ def test_train_step_updates_the_weights():
     log_vars = det.train_step(dict(inputs=inputs, data_samples=samples),
                               OptimWrapper(torch.optim.SGD(det.parameters(), lr=0.1)))
     assert torch.isfinite(log_vars['loss'].detach()) and not torch.equal(before, det.query_proj.weight)
+
+
+@pytest.mark.parametrize('where', ['input', 'output'])
+def test_conditioning_at_input_or_output(where):
+    """Zero-initialised either way; a trained conditioning at the input changes the image features
+    (the tokens talk to the image tokens inside the backbone), at the output only the tokens."""
+    inputs, samples = batch()
+    plain = build(conditioning='none').eval()
+    det = build(conditioning='ray', conditioning_at=where).eval()
+    det.load_state_dict(plain.state_dict(), strict=False)
+    cameras = samples['cameras']
+    with torch.no_grad():
+        feats0, tokens0 = plain.extract_feats(inputs['img'], cameras)
+        feats1, tokens1 = det.extract_feats(inputs['img'], cameras)
+        torch.testing.assert_close(tokens0, tokens1, rtol=0, atol=0)
+        torch.nn.init.normal_(det.conditioning.encoder[-1].weight, std=0.1)
+        feats2, tokens2 = det.extract_feats(inputs['img'], cameras)
+    assert det.conditioning.embed_dim == (ARCH['dims'][0] if where == 'input' else ARCH['dims'][-1])
+    assert not torch.allclose(tokens0, tokens2)
+    same_feats = all(torch.equal(a, b) for a, b in zip(feats0, feats2))
+    assert same_feats == (where == 'output')
+
+
+def test_conditioning_at_output_needs_a_conditioning():
+    with pytest.raises(ValueError, match='conditioning_at'):
+        build(conditioning='none', conditioning_at='output')
+    with pytest.raises(ValueError, match='conditioning_at'):
+        build(conditioning='ray', conditioning_at='middle')

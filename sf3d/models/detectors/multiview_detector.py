@@ -175,9 +175,12 @@ class MultiViewDetector(BaseModel):
             in from ``embed_dims`` and the FPN).
         query_mode: ``'spatial_tokens'`` (needs a SpatialFormer) or ``'learned'`` (DETR3D).
         num_queries: number of learned queries (``'learned'`` only).
-        conditioning: :class:`CameraConditioning` variant for the initial spatial tokens
-            (``'none'``, ``'intrinsics'``, ``'extrinsics'``, ``'ray'``, ``'frustum'``); must be
-            ``'none'`` for a backbone without spatial tokens.
+        conditioning: :class:`CameraConditioning` variant for the spatial tokens (``'none'``,
+            ``'intrinsics'``, ``'extrinsics'``, ``'ray'``, ``'frustum'``); must be ``'none'`` for a
+            backbone without spatial tokens.
+        conditioning_at: ``'input'`` (default, DESIGN.md) modulates the INITIAL tokens before the
+            first BCA block; ``'output'`` (an ablation) leaves the backbone unconditioned and
+            modulates its FINAL tokens (before the query, depth and token-class maps).
         embed_dims: decoder width C.
         depth_range: (d_min, d_max) metres of the predicted depth along each token's ray.
         ray_num_freqs: Fourier octaves of the Plücker coordinates in the positional query.
@@ -191,9 +194,11 @@ class MultiViewDetector(BaseModel):
     """
 
     def __init__(self, *, backbone: dict, neck: dict, head: dict, query_mode: str = 'spatial_tokens',
-                 num_queries: int = 900, conditioning: str = 'ray', embed_dims: int = 256,
+                 num_queries: int = 900, conditioning: str = 'ray', conditioning_at: str = 'input',
+                 embed_dims: int = 256,
                  depth_range: Sequence[float] = (1.0, 60.0), ray_num_freqs: int = 4,
-                 token_loss: Optional[dict] = None, pixel_loss: Optional[dict] = None, data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
+                 token_loss: Optional[dict] = None, pixel_loss: Optional[dict] = None,
+                 data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if query_mode not in QUERY_MODES:
             raise ValueError(f'MultiViewDetector: query_mode must be one of {QUERY_MODES}, got {query_mode!r}')
@@ -210,6 +215,10 @@ class MultiViewDetector(BaseModel):
         if query_mode == 'spatial_tokens' and not self.has_spatial_tokens:
             raise ValueError(f"MultiViewDetector: query_mode='spatial_tokens' needs a backbone with spatial tokens "
                              f"(SpatialFormer), got {type(self.backbone).__name__}; use query_mode='learned'")
+        if conditioning_at not in ('input', 'output') or (conditioning_at == 'output' and conditioning == 'none'):
+            raise ValueError(f"MultiViewDetector: conditioning_at must be 'input' or 'output' ('output' needs a "
+                             f"conditioning other than 'none'), got {conditioning_at!r} with {conditioning!r}")
+        self.conditioning_at = conditioning_at
         if conditioning != 'none' and not self.has_spatial_tokens:
             raise ValueError(f"MultiViewDetector: conditioning={conditioning!r} needs a backbone with spatial tokens "
                              f"(SpatialFormer), got {type(self.backbone).__name__}; use conditioning='none'")
@@ -261,8 +270,8 @@ class MultiViewDetector(BaseModel):
             self.pixel_head = nn.Conv2d(embed_dims, self.head.num_classes + 1, 1)  # K class logits + depth
             nn.init.constant_(self.pixel_head.bias[:-1], -4.595)  # prior probability 0.01
         # built last: the other modules' random initialisation does not depend on the variant
-        self.conditioning = (CameraConditioning(conditioning, self.backbone.embed_dims[0])
-                             if self.has_spatial_tokens else None)
+        dims = self.backbone.embed_dims[0 if conditioning_at == 'input' else -1] if self.has_spatial_tokens else 0
+        self.conditioning = CameraConditioning(conditioning, dims) if self.has_spatial_tokens else None
 
     # ------------------------------------------------------------------ features and queries
     def _cameras(self, data_samples: Optional[dict], B: int, N: int, device: torch.device) -> MultiViewCameras:
@@ -283,13 +292,17 @@ class MultiViewDetector(BaseModel):
         if self.has_spatial_tokens:
             grid = self.backbone.spatial_grid
             s0 = self.backbone.initial_spatial_tokens(B * N)  # (B * N, M, C0)
-            s0 = self.conditioning(s0, cameras, grid, image_size=img.shape[-2:])  # (B * N, M, C0)
+            if self.conditioning_at == 'input':
+                s0 = self.conditioning(s0, cameras, grid, image_size=img.shape[-2:])  # (B * N, M, C0)
             out = self.backbone(x, s0)
         else:
             out = self.backbone(x)
         feats = [f.unflatten(0, (B, N)) for f in self.neck(out['features'])]  # L x (B, N, C, H_l, W_l)
         tokens = out.get('spatial_tokens')
         if tokens is not None:
+            if self.conditioning_at == 'output':
+                tokens = self.conditioning(tokens, cameras, self.backbone.spatial_grid,
+                                           image_size=img.shape[-2:])  # (B * N, M, C_last)
             tokens = tokens.unflatten(0, (B, N))  # (B, N, M, C_last)
         return feats, tokens
 
