@@ -5,20 +5,14 @@ sample of the perturbed runs only; relative drops and mean +- std against hand-c
 pipeline insertion, run planning and clear errors for bad sweeps / severities / roots."""
 import csv
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from mmengine.config import Config
-from mmengine.registry import DefaultScope
 
 from sf3d.datasets.transforms import perturb
-from sf3d.registry import MODELS
+from tiny_detector import random_checkpoint, tiny_detector_config
 from tool_loader import load_tool
 
-REPO = Path(__file__).resolve().parents[2]
-FINAL_SIZE = (64, 128)  # (H, W)
 MISSING_ROOT = '/nonexistent/sf3d_nuscenes/'
 
 tool = load_tool('camera_ablation')
@@ -29,27 +23,11 @@ def config_and_ckpt(tmp_path_factory):
     """The demo detector config shrunk to a tiny model whose test data root does not exist (the tool's
     --data-root supplies it), and a checkpoint of its randomly initialised model."""
     out = tmp_path_factory.mktemp('camera_ablation_cfg')
-    cfg = Config.fromfile(REPO / 'configs/synthetic/nuscenes_tiny.py')
-    for t in cfg.test_dataloader.dataset.pipeline:
-        if t['type'] == 'ResizeCropFlipMultiView':
-            t['final_size'] = FINAL_SIZE
-    cfg.merge_from_dict({
-        'model.backbone.arch': dict(dims=(16, 16, 32, 32), heads=(1, 1, 2, 2), depths=(1, 1, 1, 1)),
-        'model.backbone.spatial_grid': (2, 3),
-        'model.embed_dims': 32,
-        'model.head.num_layers': 1, 'model.head.num_heads': 2, 'model.head.ffn_dims': 32,
-        'test_dataloader.num_workers': 0, 'test_dataloader.persistent_workers': False,
-        'test_dataloader.dataset.data_root': MISSING_ROOT, 'test_evaluator.data_root': MISSING_ROOT,
-        'default_hooks.logger.interval': 1,
-    })
+    cfg = tiny_detector_config({'test_dataloader.dataset.data_root': MISSING_ROOT,
+                                'test_evaluator.data_root': MISSING_ROOT, 'default_hooks.logger.interval': 1})
     cfg_path = out / 'tiny_ablation.py'
     cfg.dump(str(cfg_path))
-    torch.manual_seed(0)
-    with DefaultScope.overwrite_default_scope('sf3d'):
-        model = MODELS.build(cfg.model)
-    ckpt = out / 'random.pth'
-    torch.save({'meta': {}, 'state_dict': model.state_dict()}, ckpt)
-    return cfg_path, ckpt
+    return cfg_path, random_checkpoint(cfg, out / 'random.pth')
 
 
 def test_focal_sweep_end_to_end(config_and_ckpt, nuscenes_root, tmp_path, monkeypatch):

@@ -4,12 +4,9 @@ split's sample tokens (read from the devkit's tables), its meta is a camera subm
 devkit's own loader reads it. Errors: a missing test info file, a non-nuScenes evaluator."""
 import json
 import shutil
-from pathlib import Path
 
 import pytest
-import torch
 from mmengine.config import Config
-from mmengine.registry import DefaultScope
 from nuscenes import NuScenes
 from nuscenes.eval.common.loaders import load_prediction
 from nuscenes.eval.detection.data_classes import DetectionBox
@@ -17,12 +14,9 @@ from nuscenes.utils import splits
 
 from sf3d.datasets import synthetic_nuscenes
 from sf3d.datasets.nuscenes_info import create_nuscenes_infos
-from sf3d.registry import MODELS
+from tiny_detector import random_checkpoint, tiny_detector_config
 from tool_loader import load_tool
 
-REPO = Path(__file__).resolve().parents[2]
-TINY_CFG = REPO / 'configs/synthetic/nuscenes_tiny.py'
-FINAL_SIZE = (64, 128)  # (H, W) of the 400x225 synthetic images after resize + crop
 
 tool = load_tool('test')
 
@@ -48,21 +42,8 @@ def test_tokens(test_root):
 
 def _tiny_cfg(data_root) -> Config:
     """nuscenes_tiny.py (a v1.0-mini val config) shrunk further and pointed at ``data_root``."""
-    cfg = Config.fromfile(TINY_CFG)
-    for t in cfg.test_dataloader.dataset.pipeline:
-        if t['type'] == 'ResizeCropFlipMultiView':
-            t['final_size'] = FINAL_SIZE
-    cfg.merge_from_dict({
-        'model.backbone.arch': dict(dims=(16, 16, 32, 32), heads=(1, 1, 2, 2), depths=(1, 1, 1, 1)),
-        'model.backbone.spatial_grid': (2, 3),
-        'model.embed_dims': 32,
-        'model.head.num_layers': 1, 'model.head.num_heads': 2, 'model.head.ffn_dims': 32,
-        'test_dataloader.num_workers': 0, 'test_dataloader.persistent_workers': False,
-        'test_dataloader.dataset.data_root': str(data_root),
-        'test_evaluator.data_root': str(data_root),
-        'default_hooks.logger.interval': 1,
-    })
-    return cfg
+    return tiny_detector_config({'test_dataloader.dataset.data_root': str(data_root),
+                                 'test_evaluator.data_root': str(data_root), 'default_hooks.logger.interval': 1})
 
 
 @pytest.fixture(scope='module')
@@ -72,12 +53,7 @@ def config_and_ckpt(test_root, tmp_path_factory):
     cfg = _tiny_cfg(test_root)
     cfg_path = out / 'tiny_test.py'
     cfg.dump(str(cfg_path))
-    torch.manual_seed(0)
-    with DefaultScope.overwrite_default_scope('sf3d'):
-        model = MODELS.build(cfg.model)
-    ckpt = out / 'random.pth'
-    torch.save({'meta': {}, 'state_dict': model.state_dict()}, ckpt)
-    return cfg_path, ckpt
+    return cfg_path, random_checkpoint(cfg, out / 'random.pth')
 
 
 def test_test_split_writes_a_valid_submission(config_and_ckpt, test_tokens, tmp_path, capsys):
