@@ -54,7 +54,7 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 
 from sf3d.datasets.nuscenes_info import CAMERAS
-from sf3d.engine import load_run_config
+from sf3d.engine import load_run_config, metrics_of_test_evaluator
 from sf3d.registry import TRANSFORMS
 
 METRICS = ('NDS', 'mAP', 'mATE', 'mASE', 'mAOE', 'mAVE', 'mAAE')
@@ -207,14 +207,6 @@ def insert_perturbation(pipeline: Sequence[dict], perturbation: dict) -> List[di
     return pipeline[:index] + [dict(perturbation)] + pipeline[index:]
 
 
-def _metric_cfgs(cfg: Config) -> List[ConfigDict]:
-    evaluator = cfg.get('test_evaluator')
-    metrics = [evaluator] if isinstance(evaluator, dict) else list(evaluator or [])
-    if not metrics or not all(isinstance(m, dict) for m in metrics):
-        raise ValueError(f'test_evaluator must be a metric dict or a list of them, got {evaluator!r}')
-    return metrics
-
-
 def _test_dataset(cfg: Config) -> ConfigDict:
     dataset = cfg.get('test_dataloader', {}).get('dataset')
     if not isinstance(dataset, dict) or not isinstance(dataset.get('pipeline'), list):
@@ -228,7 +220,8 @@ def set_data_root(cfg: Config, data_root: str) -> None:
     if not osp.isdir(data_root):
         raise FileNotFoundError(f'--data-root {data_root} is not a folder')
     dataset = _test_dataset(cfg)
-    for owner, what in [(dataset, 'test_dataloader.dataset')] + [(m, 'test_evaluator') for m in _metric_cfgs(cfg)]:
+    metrics = metrics_of_test_evaluator(cfg)
+    for owner, what in [(dataset, 'test_dataloader.dataset')] + [(m, 'test_evaluator') for m in metrics]:
         ann_file = owner.get('ann_file')
         if ann_file and osp.isabs(ann_file):
             raise ValueError(f'--data-root: {what}.ann_file {ann_file!r} is absolute; use a name relative to the '

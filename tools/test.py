@@ -32,7 +32,7 @@ from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.dist import is_main_process
 from mmengine.runner import Runner
 
-from sf3d.engine import cleanup_distributed, load_run_config, setup_cpu_distributed
+from sf3d.engine import cleanup_distributed, load_run_config, metrics_of_test_evaluator, setup_cpu_distributed
 from sf3d.evaluation.nuscenes_metric import RESULT_FILE, NuScenesMetric
 from sf3d.registry import METRICS
 
@@ -59,18 +59,9 @@ def parse_args(argv=None):
     return args
 
 
-def metric_cfgs(cfg: Config) -> List[ConfigDict]:
-    """The metric configs of ``cfg.test_evaluator`` (a dict or a list of dicts), editable in place."""
-    evaluator = cfg.get('test_evaluator')
-    metrics = [evaluator] if isinstance(evaluator, dict) else list(evaluator or [])
-    if not metrics or not all(isinstance(m, dict) for m in metrics):
-        raise ValueError(f'test_evaluator must be a metric dict or a list of them, got {evaluator!r}')
-    return metrics
-
-
 def _check_nuscenes_metrics(cfg: Config, option: str) -> List[ConfigDict]:
     """The test metrics, after checking that each one is a NuScenesMetric (or a subclass)."""
-    metrics = metric_cfgs(cfg)
+    metrics = metrics_of_test_evaluator(cfg)
     for metric in metrics:
         kind = metric.get('type')
         cls = METRICS.get(kind) if isinstance(kind, str) else kind

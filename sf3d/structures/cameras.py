@@ -212,6 +212,13 @@ class MultiViewCameras:
         size = self.image_size[..., cam_indices, :] if self.image_size is not None else None
         return self._new(self.cam2img[..., cam_indices, :, :], self.lidar2cam[..., cam_indices, :, :], size)
 
+    def sample(self, index: int) -> 'MultiViewCameras':
+        """The cameras of batch element ``index``: (B, N_cam, ...) -> (N_cam, ...) (inverse of ``stack``)."""
+        if len(self.batch_shape) == 0:
+            raise ValueError('MultiViewCameras.sample needs a batch dim; these cameras have batch shape ()')
+        size = self.image_size[index] if self.image_size is not None else None
+        return self._new(self.cam2img[index], self.lidar2cam[index], size)
+
     # ------------------------------------------------------------------ derived matrices
     @property
     def lidar2img(self) -> Tensor:

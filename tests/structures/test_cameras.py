@@ -242,6 +242,12 @@ def test_select_stack_to_clone(rig):
     batch = MultiViewCameras.stack([cams, sel.select(slice(0, 1)).select([0] * 6)])
     assert batch.batch_shape == (2,) and batch.lidar2cam.shape == (2, 6, 4, 4)
     assert batch.select([1]).cam2img.shape == (2, 1, 3, 3)
+    for i, one in enumerate([cams, sel.select(slice(0, 1)).select([0] * 6)]):  # sample() undoes stack()
+        item = batch.sample(i)
+        for a, b in ((item.cam2img, one.cam2img), (item.lidar2cam, one.lidar2cam), (item.image_size, one.image_size)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match='batch dim'):
+        cams.sample(0)
     f32 = batch.to(torch.float32)
     assert f32.cam2img.dtype == f32.lidar2cam.dtype == f32.image_size.dtype == torch.float32
     c = cams.clone()

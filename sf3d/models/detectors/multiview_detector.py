@@ -425,34 +425,32 @@ class MultiViewDetector(BaseModel):
                       cameras: MultiViewCameras) -> dict:
         preds = preds.float()  # (B, N, K + 1, h, w)
         stride = self.feat_strides[0]
-        targets = [pixel_targets(b, lab, MultiViewCameras(cameras.cam2img[i], cameras.lidar2cam[i], validate=False),
-                                 preds.shape[-2:], stride) for i, (b, lab) in enumerate(zip(boxes, labels))]
+        targets = [pixel_targets(b, lab, cameras.sample(i), preds.shape[-2:], stride)
+                   for i, (b, lab) in enumerate(zip(boxes, labels))]
         tgt_labels, tgt_depths = (torch.stack(t) for t in zip(*targets))  # (B, N, h, w) each
         logits = preds[:, :, :-1].movedim(2, -1)  # (B, N, h, w, K)
-        pos = tgt_labels >= 0
-        num_pos = max(int(pos.sum()), 1)
-        onehot = torch.zeros_like(logits)
-        onehot[pos] = nn.functional.one_hot(tgt_labels[pos], logits.shape[-1]).to(logits.dtype)
-        loss_cls = sigmoid_focal_loss(logits, onehot, alpha=self.head.alpha, gamma=self.head.gamma, reduction='sum')
-        loss_depth = (preds[:, :, -1][pos] - tgt_depths[pos]).abs().sum()
-        return {'pixel.loss_cls': self.pixel_loss['cls_weight'] * loss_cls / num_pos,
-                'pixel.loss_depth': self.pixel_loss['depth_weight'] * loss_depth / num_pos}
+        return self._dense_losses('pixel', self.pixel_loss, logits, preds[:, :, -1], tgt_labels, tgt_depths)
 
-    def _token_losses(self, outputs: dict, boxes: list[Tensor], labels: list[Tensor], cameras: MultiViewCameras,
-                      image_size: Sequence[int]) -> tuple[dict, list[Tensor]]:
-        logits, depths = outputs['token_cls_scores'].float(), outputs['token_depths'].float()  # (B, Q, K), (B, Q)
-        origins, dirs = outputs['token_rays']
-        targets = [token_targets(torch.cat([b[:, :2], b[:, 2:3] + b[:, 5:6] / 2], -1), lab,  # gravity centres
-                                 MultiViewCameras(cameras.cam2img[i], cameras.lidar2cam[i], validate=False),
-                                 image_size, self.backbone.spatial_grid, origins[i], dirs[i])
-                   for i, (b, lab) in enumerate(zip(boxes, labels))]
-        tgt_labels, tgt_depths, owners = zip(*targets)
-        tgt_labels, tgt_depths = torch.stack(tgt_labels), torch.stack(tgt_depths)  # (B, Q) each
+    def _dense_losses(self, name: str, weights: dict, logits: Tensor, depths: Tensor, tgt_labels: Tensor,
+                      tgt_depths: Tensor) -> dict:
+        """Focal loss of logits (..., K) against labels (...) (-1: background) over all positions and
+        L1 of depths (...) on the labelled ones, both normalised by the number of labelled positions."""
         pos = tgt_labels >= 0
         num_pos = max(int(pos.sum()), 1)
         onehot = torch.zeros_like(logits)
         onehot[pos] = nn.functional.one_hot(tgt_labels[pos], logits.shape[-1]).to(logits.dtype)
         loss_cls = sigmoid_focal_loss(logits, onehot, alpha=self.head.alpha, gamma=self.head.gamma, reduction='sum')
         loss_depth = (depths[pos] - tgt_depths[pos]).abs().sum()
-        return ({'token.loss_cls': self.token_loss['cls_weight'] * loss_cls / num_pos,
-                 'token.loss_depth': self.token_loss['depth_weight'] * loss_depth / num_pos}, list(owners))
+        return {f'{name}.loss_cls': weights['cls_weight'] * loss_cls / num_pos,
+                f'{name}.loss_depth': weights['depth_weight'] * loss_depth / num_pos}
+
+    def _token_losses(self, outputs: dict, boxes: list[Tensor], labels: list[Tensor], cameras: MultiViewCameras,
+                      image_size: Sequence[int]) -> tuple[dict, list[Tensor]]:
+        logits, depths = outputs['token_cls_scores'].float(), outputs['token_depths'].float()  # (B, Q, K), (B, Q)
+        origins, dirs = outputs['token_rays']
+        targets = [token_targets(LiDARBoxes(b, validate=False).gravity_center, lab, cameras.sample(i),
+                                 image_size, self.backbone.spatial_grid, origins[i], dirs[i])
+                   for i, (b, lab) in enumerate(zip(boxes, labels))]
+        tgt_labels, tgt_depths, owners = zip(*targets)
+        tgt_labels, tgt_depths = torch.stack(tgt_labels), torch.stack(tgt_depths)  # (B, Q) each
+        return self._dense_losses('token', self.token_loss, logits, depths, tgt_labels, tgt_depths), list(owners)
