@@ -18,6 +18,7 @@ pitch              degrees; every camera believed pitched down (calibration erro
 cam_crash          number of cameras blacked out per sample (RoboBEV Cam Crash)         2 4 5
 frame_lost         each camera blacked out with probability s / 6 (RoboBEV Frame Lost)  1 2 3 4 5
 drop_camera        camera name(s) blacked out; join several with '+'                    each of the six
+rig                dataroots re-rendered through another rig (see below)               (required)
 =================  ==================================================================  =================
 
 The perturbation goes into ``test_dataloader.dataset.pipeline`` after the loading and resize /
@@ -30,6 +31,18 @@ loop. Random sweeps (rot_noise, trans_noise, cam_crash, frame_lost) run once per
 ``--data-root DIR`` evaluates on another dataroot with the same (relative) info file names, e.g. a
 synthetic set re-rendered through another rig (``tools/make_synthetic_nuscenes.py --rig ...``
 then ``tools/create_data.py``), so a true rig change can be set against the calibration-error sweeps.
+
+``--sweep rig --severities DIR [DIR ...]`` does that comparison in one run. Each DIR is a synthetic
+dataroot re-rendered from the same scenes through another rig (``make_synthetic_nuscenes.py --rig
+focal=S,height=DZ,pitch=DEG`` records it in ``DIR/rig.json``); per DIR three runs, all measured
+against the clean run on the base dataroot (the config's, or ``--data-root``):
+
+- ``<rig>: calibrated``: DIR as it is (a different rig, correctly calibrated);
+- ``<rig>: old calibration``: DIR's images with the base rig's calibration (the rig changed and
+  nobody recalibrated: ``FocalScale`` 'calib' by 1/S and ``CameraHeightPitchOffset`` by -DZ, -DEG,
+  which undo DIR's calibration exactly);
+- ``<rig>: calibration error``: the base images with DIR's calibration (only the calibration is
+  wrong: ``FocalScale`` 'calib' by S, ``CameraHeightPitchOffset`` by DZ, DEG).
 
 Writes ``DIR/<sweep>.csv`` (one row per run: severity, seed, NDS, mAP, mATE, mASE, mAOE, mAVE,
 mAAE and the relative drop of NDS and mAP against the clean run), ``DIR/<sweep>.md`` (per severity
@@ -115,7 +128,27 @@ SWEEPS: Dict[str, Sweep] = {
     'drop_camera': Sweep('the named camera(s) blacked out in every sample', 'camera blacked out', CAMERAS,
                          lambda s, seed: dict(type='CameraDropout', mode='named', cameras=str(s).split('+')),
                          kind=str, neutral=None),
+    'rig': Sweep('the same scenes rendered through another camera rig (calibrated, with the old calibration) '
+                 'against the calibration error alone', 'camera rig', (), lambda s, seed: None, kind=str,
+                 neutral=None),
 }
+RIG_RUNS = ('calibrated', 'old calibration', 'calibration error')
+
+
+def rig_perturbations(rig, inverse: bool) -> List[dict]:
+    """The calibration change from the base rig to ``rig`` (a ``RigSpec``), or back (``inverse``)."""
+    sign = -1.0 if inverse else 1.0
+    out = []
+    if rig.focal != 1.0:
+        out.append(dict(type='FocalScale', scale=1.0 / rig.focal if inverse else rig.focal, mode='calib'))
+    if rig.height != 0.0 or rig.pitch != 0.0:
+        out.append(dict(type='CameraHeightPitchOffset', height_m=sign * rig.height, pitch_deg=sign * rig.pitch))
+    return out
+
+
+def _rig_label(rig) -> str:
+    return ','.join(f'{k}={getattr(rig, k):g}' for k in ('focal', 'height', 'pitch')
+                    if getattr(rig, k) != (1.0 if k == 'focal' else 0.0)) or 'nominal'
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -149,6 +182,8 @@ def parse_severities(name: str, texts: Optional[Sequence[str]]) -> List[Severity
     """The sweep's severities from ``--severities`` (strings) or its defaults; each checked by
     building its perturbation. Raises ValueError naming the sweep and the bad value."""
     sweep = get_sweep(name)
+    if name == 'rig':
+        return _rig_roots(texts)
     if texts is None:
         values = list(sweep.defaults)
     else:
@@ -182,6 +217,21 @@ def parse_severities(name: str, texts: Optional[Sequence[str]]) -> List[Severity
     return values
 
 
+def _rig_roots(texts: Optional[Sequence[str]]) -> List[str]:
+    """The rig sweep's severities: re-rendered dataroots, each with a readable rig.json."""
+    from sf3d.datasets.synthetic_nuscenes import read_rig
+    if not texts:
+        raise ValueError('--severities for rig: give the re-rendered dataroots (tools/make_synthetic_nuscenes.py '
+                         '--rig ...), e.g. --severities data/synth_focal1.1 data/synth_height0.2')
+    if len(set(texts)) != len(texts):
+        raise ValueError(f'--severities for rig: repeated values in {list(texts)}')
+    for root in texts:
+        if not osp.isdir(root):
+            raise FileNotFoundError(f'--severities for rig: {root} is not a folder')
+        read_rig(root)
+    return [str(t) for t in texts]
+
+
 # ---------------------------------------------------------------------------- config
 
 def _type_name(transform: dict) -> str:
@@ -200,11 +250,13 @@ def insert_position(pipeline: Sequence[dict]) -> int:
     return positions[0]
 
 
-def insert_perturbation(pipeline: Sequence[dict], perturbation: dict) -> List[dict]:
-    """A copy of ``pipeline`` with ``perturbation`` at ``insert_position``."""
+def insert_perturbation(pipeline: Sequence[dict], perturbation: Union[dict, Sequence[dict]]) -> List[dict]:
+    """A copy of ``pipeline`` with ``perturbation`` (one transform dict or a list, applied in order) at
+    ``insert_position``."""
     index = insert_position(pipeline)
     pipeline = [copy.deepcopy(t) for t in pipeline]
-    return pipeline[:index] + [dict(perturbation)] + pipeline[index:]
+    added = [dict(perturbation)] if isinstance(perturbation, dict) else [dict(p) for p in perturbation]
+    return pipeline[:index] + added + pipeline[index:]
 
 
 def _test_dataset(cfg: Config) -> ConfigDict:
@@ -259,38 +311,70 @@ def select_metrics(metrics: Dict[str, float]) -> Dict[str, float]:
     return out
 
 
-def plan_runs(name: str, severities: Sequence[Severity], seeds: int) -> List[Tuple[Severity, int, Optional[dict]]]:
-    """(severity, seed, perturbation dict or None) for the clean run and every perturbed run."""
+Run = Tuple[Severity, int, Union[None, dict, List[dict]], Optional[str]]  # severity, seed, perturbation, data root
+
+
+def plan_runs(name: str, severities: Sequence[Severity], seeds: int) -> List[Run]:
+    """(severity, seed, perturbation (None, a transform dict or a list of them), data root (None: the
+    base one)) for the clean run and every perturbed run."""
     if seeds < 1:
         raise ValueError(f'--seeds must be >= 1, got {seeds}')
     sweep = get_sweep(name)
-    runs: List[Tuple[Severity, int, Optional[dict]]] = [(CLEAN, 0, None)]
+    runs: List[Run] = [(CLEAN, 0, None, None)]
+    if name == 'rig':
+        from sf3d.datasets.synthetic_nuscenes import read_rig
+        labels = {}
+        for root in severities:
+            rig = read_rig(str(root))
+            label = _rig_label(rig)
+            if label in labels:
+                raise ValueError(f'--severities for rig: {labels[label]} and {root} were rendered through the same '
+                                 f'rig ({label})')
+            labels[label] = root
+            runs += [(f'{label}: {RIG_RUNS[0]}', 0, None, str(root)),
+                     (f'{label}: {RIG_RUNS[1]}', 0, rig_perturbations(rig, inverse=True), str(root)),
+                     (f'{label}: {RIG_RUNS[2]}', 0, rig_perturbations(rig, inverse=False), None)]
+        return runs
     for severity in severities:
         for seed in (range(seeds) if sweep.random else [0]):
-            runs.append((severity, seed, sweep.make(severity, seed)))
+            runs.append((severity, seed, sweep.make(severity, seed), None))
     return runs
 
 
 def run_sweep(cfg: Config, name: str, severities: Sequence[Severity], seeds: int,
               progress: bool = True) -> List[dict]:
     """Run the clean and perturbed evaluations with one Runner; one dict per run (sweep, severity,
-    seed, perturbation, the METRICS and ``<metric>_rel_drop_pct``)."""
+    seed, perturbation, data_root, the METRICS and ``<metric>_rel_drop_pct``). A run on another data
+    root gets that root's test dataset and a test evaluator built for it."""
     from tqdm import tqdm
     runs = plan_runs(name, severities, seeds)
     runner = Runner.from_cfg(cfg)
     loop = runner.test_loop
-    clean_loader = copy.deepcopy(cfg.test_dataloader)
+    base_evaluator = loop.evaluator
+    roots: Dict[Optional[str], Tuple[ConfigDict, object]] = {None: (copy.deepcopy(cfg.test_dataloader), None)}
     rows = []
     bar = tqdm(runs, desc=f'camera ablation {name}', unit='run', file=sys.stderr, disable=not progress)
-    for severity, seed, perturbation in bar:
-        loader = copy.deepcopy(clean_loader)
+    for severity, seed, perturbation, data_root in bar:
+        if data_root not in roots:
+            root_cfg = copy.deepcopy(cfg)
+            set_data_root(root_cfg, data_root)
+            roots[data_root] = (root_cfg.test_dataloader, root_cfg.test_evaluator)
+        loader_cfg, evaluator_cfg = roots[data_root]
+        loader = copy.deepcopy(loader_cfg)
         if perturbation is not None:
             loader.dataset.pipeline = insert_perturbation(loader.dataset.pipeline, perturbation)
         loop.dataloader = runner.build_dataloader(loader, seed=runner.seed)
+        if evaluator_cfg is None:
+            loop.evaluator = base_evaluator
+        else:
+            loop.evaluator = runner.build_evaluator(evaluator_cfg)
+            loop.evaluator.dataset_meta = loop.dataloader.dataset.metainfo
         metrics = select_metrics(runner.test())
         rows.append(dict(sweep=name, severity=severity, seed=seed,
-                         perturbation=json.dumps(perturbation) if perturbation else '', **metrics))
+                         perturbation=json.dumps(perturbation) if perturbation else '',
+                         data_root=data_root or '', **metrics))
         bar.set_postfix(severity=severity, seed=seed, NDS=f"{metrics['NDS']:.4f}")
+    loop.evaluator = base_evaluator
     add_relative_drops(rows)
     return rows
 
@@ -330,14 +414,15 @@ def _fmt_severity(value: Severity) -> str:
 
 
 def write_csv(rows: List[dict], path: str) -> None:
-    fields = ['sweep', 'severity', 'seed', *METRICS, *[f'{m}_rel_drop_pct' for m in DROP_METRICS], 'perturbation']
+    fields = ['sweep', 'severity', 'seed', *METRICS, *[f'{m}_rel_drop_pct' for m in DROP_METRICS], 'perturbation',
+              'data_root']
     with open(path, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for row in rows:
             out = {k: row[k] for k in fields}
             out['severity'] = _fmt_severity(row['severity'])
-            for k in fields[3:-1]:
+            for k in fields[3:-2]:
                 out[k] = '' if math.isnan(row[k]) else f'{row[k]:.6g}'
             writer.writerow(out)
 

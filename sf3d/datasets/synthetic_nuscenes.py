@@ -51,7 +51,7 @@ import multiprocessing
 import os
 import os.path as osp
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -63,7 +63,7 @@ from sf3d.datasets.nuscenes_info import CAMERAS, CLASSES
 
 __all__ = [
     'CLASSES', 'CAMERAS', 'VERSIONS', 'CLASS_CATEGORY', 'CLASS_COLOURS', 'CLASS_SIZES_WLH',
-    'RigSpec', 'parse_rig', 'build_calibration', 'scene_names', 'plan_scene', 'ScenePlan',
+    'RigSpec', 'parse_rig', 'read_rig', 'RIG_FILE', 'build_calibration', 'scene_names', 'plan_scene', 'ScenePlan',
     'make_token', 'generate', 'save_preview',
 ]
 
@@ -226,6 +226,25 @@ class RigSpec:
     focal: float = 1.0
     height: float = 0.0
     pitch: float = 0.0
+
+
+RIG_FILE = 'rig.json'  # written next to the tables: the rig a dataroot was rendered through
+
+
+def read_rig(root: str) -> RigSpec:
+    """The :class:`RigSpec` a dataroot was rendered through (its ``rig.json``). Raises
+    FileNotFoundError naming the file when it is missing, ValueError when it is malformed."""
+    path = osp.join(root, RIG_FILE)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{path} does not exist: {root} was not written by '
+                                'tools/make_synthetic_nuscenes.py (which records its --rig there)')
+    with open(path) as f:
+        record = json.load(f)
+    try:
+        return RigSpec(**{k: float(record[k]) for k in RigSpec.__dataclass_fields__})
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f'{path}: expected numbers under {list(RigSpec.__dataclass_fields__)}, got {record!r} '
+                         f'({err})') from None
 
 
 def parse_rig(text: str) -> RigSpec:
@@ -1079,6 +1098,9 @@ def generate(out_dir: str, *, seed: int = 0, samples_per_scene: int = 10, image_
     for name in TABLES:
         with open(osp.join(out_dir, version, f'{name}.json'), 'w') as f:
             json.dump(tables[name], f, indent=0)
+    with open(osp.join(out_dir, RIG_FILE), 'w') as f:
+        json.dump(dict(asdict(rig), image_scale=image_scale, seed=seed, samples_per_scene=samples_per_scene,
+                       version=version), f, indent=1)
     return dict(scenes=len(names), samples=len(tables['sample']),
                 annotations=len(tables['sample_annotation']), instances=len(tables['instance']))
 

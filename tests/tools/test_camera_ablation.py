@@ -9,6 +9,8 @@ import math
 import numpy as np
 import pytest
 
+from sf3d.datasets import synthetic_nuscenes
+from sf3d.datasets.nuscenes_info import create_nuscenes_infos
 from sf3d.datasets.transforms import perturb
 from tiny_detector import random_checkpoint, tiny_detector_config
 from tool_loader import load_tool
@@ -141,10 +143,10 @@ def test_pipeline_insertion():
 
 def test_run_plan_and_severity_parsing():
     assert tool.plan_runs('focal_calib', [0.9, 1.1], seeds=3) == [
-        ('clean', 0, None), (0.9, 0, dict(type='FocalScale', scale=0.9, mode='calib')),
-        (1.1, 0, dict(type='FocalScale', scale=1.1, mode='calib'))]
+        ('clean', 0, None, None), (0.9, 0, dict(type='FocalScale', scale=0.9, mode='calib'), None),
+        (1.1, 0, dict(type='FocalScale', scale=1.1, mode='calib'), None)]
     crash = tool.plan_runs('cam_crash', [2], seeds=2)
-    assert [(s, seed) for s, seed, _ in crash] == [('clean', 0), (2, 0), (2, 1)]
+    assert [(s, seed) for s, seed, _, _ in crash] == [('clean', 0), (2, 0), (2, 1)]
     assert crash[2][2] == dict(type='CameraDropout', mode='crash', severity=2, seed=1)
     assert tool.parse_severities('frame_lost', None) == [1.0, 2.0, 3.0, 4.0, 5.0]
     assert tool.parse_severities('cam_crash', None) == [2, 4, 5]
@@ -181,3 +183,87 @@ def test_bad_sweep_and_roots_are_clear_errors(config_and_ckpt, nuscenes_root, tm
     with pytest.raises(FileNotFoundError, match='checkpoint file not found'):
         tool.main([str(cfg_path), str(tmp_path / 'none.pth'), '--out', str(tmp_path / 'o'), '--sweep', 'pitch'])
     assert not (tmp_path / 'out').exists()
+
+
+def _write_rig(root, **values):
+    root.mkdir()
+    (root / synthetic_nuscenes.RIG_FILE).write_text(
+        __import__('json').dumps(dict(dict(focal=1.0, height=0.0, pitch=0.0), **values)))
+    return str(root)
+
+
+def test_rig_plan_undoes_and_applies_the_recorded_rig(tmp_path):
+    focal = _write_rig(tmp_path / 'f', focal=1.25)
+    mount = _write_rig(tmp_path / 'm', height=0.2, pitch=-2.0)
+    runs = tool.plan_runs('rig', tool.parse_severities('rig', [focal, mount]), seeds=3)
+    assert runs == [
+        ('clean', 0, None, None),
+        ('focal=1.25: calibrated', 0, None, focal),
+        ('focal=1.25: old calibration', 0, [dict(type='FocalScale', scale=0.8, mode='calib')], focal),
+        ('focal=1.25: calibration error', 0, [dict(type='FocalScale', scale=1.25, mode='calib')], None),
+        ('height=0.2,pitch=-2: calibrated', 0, None, mount),
+        ('height=0.2,pitch=-2: old calibration', 0,
+         [dict(type='CameraHeightPitchOffset', height_m=-0.2, pitch_deg=2.0)], mount),
+        ('height=0.2,pitch=-2: calibration error', 0,
+         [dict(type='CameraHeightPitchOffset', height_m=0.2, pitch_deg=-2.0)], None)]
+    same = _write_rig(tmp_path / 'again', focal=1.25)
+    with pytest.raises(ValueError, match='were rendered through the same rig'):
+        tool.plan_runs('rig', [focal, same], seeds=1)
+    with pytest.raises(ValueError, match='give the re-rendered dataroots'):
+        tool.parse_severities('rig', None)
+    with pytest.raises(FileNotFoundError, match='rig.json does not exist'):
+        tool.parse_severities('rig', [str(tmp_path)])
+    (tmp_path / 'bad').mkdir()
+    (tmp_path / 'bad' / 'rig.json').write_text('{"focal": "wide"}')
+    with pytest.raises(ValueError, match='expected numbers under'):
+        tool.parse_severities('rig', [str(tmp_path / 'bad')])
+
+
+def test_rig_sweep_end_to_end(config_and_ckpt, nuscenes_root, tmp_path, monkeypatch):
+    """A re-rendered fixture (same scenes, pitched and raised rig): the calibrated run reads its images and
+    calibration; 'old calibration' on it equals the base cameras (the undo is exact); 'calibration error'
+    on the base images equals the rig's cameras."""
+    rig = synthetic_nuscenes.parse_rig('height=0.3,pitch=3')
+    rig_root = tmp_path / 'rig'
+    synthetic_nuscenes.generate(str(rig_root), samples_per_scene=2, rig=rig, progress=False)
+    create_nuscenes_infos(str(rig_root), 'v1.0-mini', str(rig_root), progress=False)
+    assert synthetic_nuscenes.read_rig(str(rig_root)) == rig
+    assert synthetic_nuscenes.read_rig(str(nuscenes_root)) == synthetic_nuscenes.RigSpec()
+    seen = {}  # (data root of the image, perturbed?) -> {token: lidar2cam after the perturbations}
+    original = tool.insert_perturbation
+
+    def tagged(pipeline, perturbation):  # the spy right after the perturbations
+        return original(pipeline, [perturbation] if isinstance(perturbation, dict) else
+                        list(perturbation) + [dict(type='_Spy')])
+    monkeypatch.setattr(tool, 'insert_perturbation', tagged)
+
+    class Spy:
+        def __call__(self, results):
+            root = str(rig_root) if str(rig_root) in results['images']['CAM_FRONT']['img_path'] else 'base'
+            seen.setdefault(root, {})[results['token']] = results['cameras'].lidar2cam.clone()
+            return results
+    from sf3d.registry import TRANSFORMS
+    TRANSFORMS.register_module(name='_Spy', module=Spy, force=True)
+    base_cams, rig_cams = {}, {}
+    for root, store in ((nuscenes_root, base_cams), (rig_root, rig_cams)):
+        from sf3d.datasets import NuScenesMultiViewDataset
+        ds = NuScenesMultiViewDataset(data_root=str(root), ann_file='nuscenes_infos_val.pkl',
+                                      pipeline=[dict(type='LoadMultiViewImages')])
+        for i in range(len(ds)):
+            item = ds[i]
+            store[item['token']] = item['cameras'].lidar2cam
+    result = tool.main([str(cfg_path) for cfg_path in config_and_ckpt] + [
+        '--sweep', 'rig', '--severities', str(rig_root), '--data-root', str(nuscenes_root),
+        '--out', str(tmp_path / 'out'), '--no-progress', '--work-dir', str(tmp_path / 'work')])
+    labels = [r['severity'] for r in result['rows']]
+    assert labels == ['clean', 'height=0.3,pitch=3: calibrated', 'height=0.3,pitch=3: old calibration',
+                      'height=0.3,pitch=3: calibration error']
+    assert [r['data_root'] for r in result['rows']] == ['', str(rig_root), str(rig_root), '']
+    assert set(seen) == {str(rig_root), 'base'} and len(seen['base']) == len(seen[str(rig_root)]) == 4
+    for token, l2c in seen[str(rig_root)].items():  # the old calibration on the rig's images: the base rig
+        np.testing.assert_allclose(l2c, base_cams[token], atol=1e-9)
+    for token, l2c in seen['base'].items():  # the rig's calibration on the base images
+        np.testing.assert_allclose(l2c, rig_cams[token], atol=1e-9)
+    assert not np.allclose(rig_cams[token], base_cams[token], atol=1e-3)
+    with open(tmp_path / 'out' / 'rig.csv') as f:
+        assert [r['data_root'] for r in csv.DictReader(f)] == ['', str(rig_root), str(rig_root), '']
