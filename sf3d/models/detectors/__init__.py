@@ -1,4 +1,6 @@
 from .classifier import ImageClassifier
+from .detr2d import DETR2D
+from .mask_rcnn import TVMaskRCNN
 from .multiview_detector import MultiViewDetector
 
-__all__ = ['ImageClassifier', 'MultiViewDetector']
+__all__ = ['DETR2D', 'ImageClassifier', 'MultiViewDetector', 'TVMaskRCNN']

@@ -1,0 +1,335 @@
+"""DETR-style 2D detection head: multi-scale memory, decoder with iterative box refinement,
+Hungarian matching, focal + L1 + GIoU set-prediction losses, top-k decoding.
+
+DETR: End-to-End Object Detection with Transformers (Carion et al., ECCV 2020); the box
+refinement, focal classification and matching costs follow Deformable DETR (Zhu et al., ICLR
+2021) and DINO (Zhang et al., ICLR 2023): cost = 2 focal class + 5 L1 (cxcywh) + 2 GIoU, the same
+weights on the losses, a loss at every decoder layer. As in DAB-DETR (Liu et al., ICLR 2022) every
+query carries a reference BOX; its positional query is an MLP of the box's sine code, recomputed
+at each layer from the refined box, and each layer predicts a delta in inverse-sigmoid space.
+
+What differs from those: no deformable attention or other compiled ops. The memory is the
+flattened FPN levels with a fixed sin-cos position (the SAME normalised-coordinate basis the
+SpatialFormer spatial tokens use, :func:`sf3d.models.layers.sincos_2d`) plus a learned level
+embedding, and cross-attention is plain multi-head attention (SDPA) over all of it, with the
+padded pixels masked out. The encoder is optional (``num_encoder_layers=0`` by default: the
+backbone already is a transformer, and global self-attention over every FPN pixel is
+quadratic in the image size).
+
+Coordinates: boxes are (cx, cy, w, h) normalised by each image's ``img_shape`` (the resized image
+before padding; DETR's convention, so the loss does not depend on how much a batch pads), and
+the memory positions use that same normalisation; positions in the padding lie beyond 1 and are
+masked.
+
+Axis names: B batch, Q queries, C channels, L FPN levels, N memory tokens (all levels), D decoder
+layers, K classes, G ground-truth boxes.
+
+Blocks: ``MaskedAttention``, ``DETR2DEncoderLayer``, ``DETR2DDecoderLayer``; matcher:
+``HungarianMatcher2D``; head: ``DETR2DHead``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
+
+from sf3d.models.heads.assigner import focal_cost
+from sf3d.models.heads.box_coder import inverse_sigmoid
+from sf3d.models.layers import Attention, Mlp, sincos_2d
+
+__all__ = ['HungarianMatcher2D', 'MaskedAttention', 'DETR2DEncoderLayer', 'DETR2DDecoderLayer', 'DETR2DHead',
+           'box_sine_embed', 'memory_positions']
+
+
+def box_sine_embed(boxes: Tensor, dim: int) -> Tensor:
+    """(..., 4) normalised (cx, cy, w, h) -> (..., 2 * dim): sin-cos codes of the centre (y, x) and of
+    the size (h, w), each :func:`sincos_2d` with ``dim`` channels."""
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.cat([sincos_2d(torch.stack([cy, cx], -1), dim), sincos_2d(torch.stack([h, w], -1), dim)], -1)
+
+
+def memory_positions(sizes: Sequence[tuple[int, int]], strides: Sequence[int], img_shapes: Tensor,
+                     dim: int) -> tuple[Tensor, Tensor]:
+    """Positions and padding mask of flattened feature levels.
+
+    Args:
+        sizes: (h_l, w_l) of each level; strides: their strides in input pixels.
+        img_shapes: (B, 2) float (h, w) of each image before padding.
+    Returns:
+        pos (B, N, dim): :func:`sincos_2d` of the pixel centres ``((i + 0.5) s / h, (j + 0.5) s / w)``;
+        valid (B, N) bool: False where the feature pixel starts in the padding (``i s >= h`` or ``j s >= w``).
+    """
+    pos, valid = [], []
+    for (h_l, w_l), s in zip(sizes, strides):
+        ys = (torch.arange(h_l, device=img_shapes.device, dtype=torch.float32) + 0.5) * s  # (h_l,)
+        xs = (torch.arange(w_l, device=img_shapes.device, dtype=torch.float32) + 0.5) * s  # (w_l,)
+        yx = torch.stack(torch.meshgrid(ys, xs, indexing='ij'), -1).flatten(0, 1)  # (h_l * w_l, 2) pixels
+        pos.append(sincos_2d(yx / img_shapes[:, None, :], dim))  # (B, h_l * w_l, dim)
+        inside = (yx - 0.5 * s)[None] < img_shapes[:, None, :]  # (B, h_l * w_l, 2)
+        valid.append(inside.all(-1))  # (B, h_l * w_l)
+    return torch.cat(pos, 1), torch.cat(valid, 1)
+
+
+class HungarianMatcher2D:
+    """One-to-one matching of Q predictions to G boxes by minimum total cost (scipy).
+
+    cost = ``cls_weight`` * focal class cost (:func:`sf3d.models.heads.assigner.focal_cost`)
+    + ``l1_weight`` * L1 between normalised (cx, cy, w, h) boxes - ``giou_weight`` * GIoU
+    (Deformable DETR / DINO: 2, 5, 2).
+    """
+
+    def __init__(self, *, cls_weight: float = 2.0, l1_weight: float = 5.0, giou_weight: float = 2.0,
+                 alpha: float = 0.25, gamma: float = 2.0):
+        self.cls_weight, self.l1_weight, self.giou_weight = cls_weight, l1_weight, giou_weight
+        self.alpha, self.gamma = alpha, gamma
+
+    @torch.no_grad()
+    def cost(self, cls_logits: Tensor, boxes: Tensor, gt_labels: Tensor, gt_boxes: Tensor) -> Tensor:
+        """(Q, K) logits, (Q, 4) and (G, 4) normalised cxcywh boxes, (G,) labels -> (Q, G) cost."""
+        cost = self.cls_weight * focal_cost(cls_logits.float(), gt_labels, self.alpha, self.gamma)
+        cost = cost + self.l1_weight * torch.cdist(boxes.float(), gt_boxes.float(), p=1)
+        giou = generalized_box_iou(box_convert(boxes.float(), 'cxcywh', 'xyxy'),
+                                   box_convert(gt_boxes.float(), 'cxcywh', 'xyxy'))  # (Q, G)
+        return cost - self.giou_weight * giou
+
+    @torch.no_grad()
+    def assign(self, cls_logits: Tensor, boxes: Tensor, gt_labels: Tensor,
+               gt_boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """-> (pred_idx (M,), gt_idx (M,)) int64 on the input device, M = min(Q, G); empty when G == 0."""
+        Q, K = cls_logits.shape
+        G = gt_labels.shape[0]
+        if boxes.shape != (Q, 4) or gt_boxes.shape != (G, 4):
+            raise ValueError(f'HungarianMatcher2D: expected boxes (Q={Q}, 4) and gt_boxes (G={G}, 4), '
+                             f'got {tuple(boxes.shape)} and {tuple(gt_boxes.shape)}')
+        if G and (int(gt_labels.min()) < 0 or int(gt_labels.max()) >= K):
+            raise ValueError(f'HungarianMatcher2D: gt_labels must be in [0, {K}), got {gt_labels.tolist()}')
+        empty = torch.zeros(0, dtype=torch.long, device=cls_logits.device)
+        if G == 0 or Q == 0:
+            return empty, empty.clone()
+        rows, cols = linear_sum_assignment(self.cost(cls_logits, boxes, gt_labels, gt_boxes).cpu().numpy())
+        dev = cls_logits.device
+        return torch.as_tensor(rows, dtype=torch.long, device=dev), torch.as_tensor(cols, dtype=torch.long, device=dev)
+
+
+class MaskedAttention(Attention):
+    """:class:`~sf3d.models.layers.Attention` with a key mask: ``forward(query (B, N, C), key (B, L, C),
+    value (B, L, C), key_valid (B, L) bool or None)`` -> (B, N, C); keys where ``key_valid`` is False
+    get no weight."""
+
+    def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
+                key_valid: Tensor | None = None) -> Tensor:
+        key = query if key is None else key
+        value = key if value is None else value
+        B, N, C = query.shape
+        q = self._split_heads(self.q(query))  # (B, h, N, d)
+        k = self._split_heads(self.k(key))  # (B, h, L, d)
+        v = self._split_heads(self.v(value))  # (B, h, L, d)
+        mask = None if key_valid is None else key_valid[:, None, None, :]  # (B, 1, 1, L)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.attn_drop if self.training else 0.)
+        x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        return self.proj_drop(self.proj(x))
+
+
+class DETR2DEncoderLayer(nn.Module):
+    """Post-norm encoder layer over the memory: masked self-attention (position on queries and keys), FFN.
+
+    ``forward(x (B, N, C), pos (B, N, C), valid (B, N))`` -> (B, N, C).
+    """
+
+    def __init__(self, *, embed_dims: int = 256, num_heads: int = 8, ffn_dims: int = 1024, dropout: float = 0.1):
+        super().__init__()
+        self.self_attn = MaskedAttention(embed_dims, num_heads, attn_drop=dropout, proj_drop=dropout)
+        self.norm1 = nn.LayerNorm(embed_dims)
+        self.ffn = Mlp(embed_dims, ffn_dims, act_layer=nn.ReLU, drop=dropout)
+        self.norm2 = nn.LayerNorm(embed_dims)
+
+    def forward(self, x: Tensor, pos: Tensor, valid: Tensor) -> Tensor:
+        qk = x + pos
+        x = self.norm1(x + self.self_attn(qk, qk, x, valid))  # (B, N, C)
+        return self.norm2(x + self.ffn(x))  # (B, N, C)
+
+
+class DETR2DDecoderLayer(nn.Module):
+    """Post-norm decoder layer: self-attention over queries -> cross-attention to the memory -> FFN.
+
+    ``forward(query (B, Q, C), query_pos (B, Q, C), memory (B, N, C), memory_pos (B, N, C),
+    memory_valid (B, N))`` -> (B, Q, C). Positions are added to queries and keys, not values.
+    """
+
+    def __init__(self, *, embed_dims: int = 256, num_heads: int = 8, ffn_dims: int = 1024, dropout: float = 0.1):
+        super().__init__()
+        self.self_attn = Attention(embed_dims, num_heads, attn_drop=dropout, proj_drop=dropout)
+        self.norm1 = nn.LayerNorm(embed_dims)
+        self.cross_attn = MaskedAttention(embed_dims, num_heads, attn_drop=dropout, proj_drop=dropout)
+        self.norm2 = nn.LayerNorm(embed_dims)
+        self.ffn = Mlp(embed_dims, ffn_dims, act_layer=nn.ReLU, drop=dropout)
+        self.norm3 = nn.LayerNorm(embed_dims)
+
+    def forward(self, query: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor,
+                memory_valid: Tensor) -> Tensor:
+        qk = query + query_pos
+        x = self.norm1(query + self.self_attn(qk, qk, query))  # (B, Q, C)
+        x = self.norm2(x + self.cross_attn(x + query_pos, memory + memory_pos, memory, memory_valid))  # (B, Q, C)
+        return self.norm3(x + self.ffn(x))  # (B, Q, C)
+
+
+def _box_branch(dims: int) -> nn.Sequential:
+    """3-layer MLP -> 4 box deltas; the last layer is zero-initialised (Deformable DETR), so each
+    layer starts by keeping its reference box."""
+    last = nn.Linear(dims, 4)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(nn.Linear(dims, dims), nn.ReLU(inplace=True), nn.Linear(dims, dims), nn.ReLU(inplace=True),
+                         last)
+
+
+def _cls_branch(dims: int, num_classes: int) -> nn.Linear:
+    fc = nn.Linear(dims, num_classes)
+    nn.init.constant_(fc.bias, -math.log((1 - 0.01) / 0.01))  # prior probability 0.01
+    return fc
+
+
+def _num_gt(total: int, device: torch.device) -> float:
+    """#GT of this rank, averaged over ranks when torch.distributed is initialised, at least 1 (DETR)."""
+    n = torch.tensor(float(total), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(n)
+        n = n / dist.get_world_size()
+    return max(float(n), 1.0)
+
+
+class DETR2DHead(nn.Module):
+    """Memory, decoder with iterative box refinement, per-layer branches, set-prediction losses.
+
+    Args:
+        num_classes: K.
+        embed_dims, num_heads, ffn_dims, dropout: transformer sizes (256, 8, 1024, 0.1).
+        num_decoder_layers: D (6).
+        num_encoder_layers: optional encoder layers over the memory (0).
+        num_levels: L FPN levels in the memory.
+        cls_weight, l1_weight, giou_weight: loss AND matching-cost weights (2, 5, 2).
+        alpha, gamma: focal loss parameters (0.25, 2).
+        max_per_img: detections kept by :meth:`predict` (top-k over queries x classes, 100).
+    """
+
+    def __init__(self, *, num_classes: int, embed_dims: int = 256, num_heads: int = 8, ffn_dims: int = 1024,
+                 dropout: float = 0.1, num_decoder_layers: int = 6, num_encoder_layers: int = 0,
+                 num_levels: int = 3, cls_weight: float = 2.0, l1_weight: float = 5.0, giou_weight: float = 2.0,
+                 alpha: float = 0.25, gamma: float = 2.0, max_per_img: int = 100):
+        super().__init__()
+        if num_classes < 1 or num_decoder_layers < 1 or num_encoder_layers < 0 or num_levels < 1:
+            raise ValueError(f'DETR2DHead: need num_classes, num_decoder_layers, num_levels >= 1 and '
+                             f'num_encoder_layers >= 0, got {num_classes}, {num_decoder_layers}, {num_levels}, '
+                             f'{num_encoder_layers}')
+        if embed_dims % 4:
+            raise ValueError(f'DETR2DHead: embed_dims must be a multiple of 4 (sin-cos positions), got {embed_dims}')
+        self.num_classes, self.embed_dims, self.num_levels = num_classes, embed_dims, num_levels
+        self.cls_weight, self.l1_weight, self.giou_weight = cls_weight, l1_weight, giou_weight
+        self.alpha, self.gamma, self.max_per_img = alpha, gamma, max_per_img
+        layer_kw = dict(embed_dims=embed_dims, num_heads=num_heads, ffn_dims=ffn_dims, dropout=dropout)
+        self.level_embed = nn.Parameter(torch.zeros(num_levels, embed_dims))  # (L, C)
+        nn.init.normal_(self.level_embed)
+        self.encoder = nn.ModuleList(DETR2DEncoderLayer(**layer_kw) for _ in range(num_encoder_layers))
+        self.decoder = nn.ModuleList(DETR2DDecoderLayer(**layer_kw) for _ in range(num_decoder_layers))
+        # box sine code -> positional query (DAB-DETR), shared by the layers
+        self.ref_pos_mlp = Mlp(2 * embed_dims, embed_dims, embed_dims, act_layer=nn.ReLU)
+        self.cls_branches = nn.ModuleList(_cls_branch(embed_dims, num_classes) for _ in range(num_decoder_layers))
+        box = _box_branch(embed_dims)
+        self.reg_branches = nn.ModuleList(copy.deepcopy(box) for _ in range(num_decoder_layers))
+        self.matcher = HungarianMatcher2D(cls_weight=cls_weight, l1_weight=l1_weight, giou_weight=giou_weight,
+                                          alpha=alpha, gamma=gamma)
+
+    def memory(self, feats: Sequence[Tensor], strides: Sequence[int], img_shapes: Tensor) -> tuple[Tensor, ...]:
+        """FPN levels [L x (B, C, h_l, w_l)] -> memory (B, N, C), memory_pos (B, N, C), valid (B, N),
+        after the optional encoder."""
+        if len(feats) != self.num_levels or len(strides) != self.num_levels:
+            raise ValueError(f'DETR2DHead: built for {self.num_levels} levels, got {len(feats)} feature maps '
+                             f'and {len(strides)} strides')
+        memory = torch.cat([f.flatten(2).transpose(1, 2) for f in feats], 1)  # (B, N, C)
+        pos, valid = memory_positions([tuple(f.shape[-2:]) for f in feats], strides, img_shapes, self.embed_dims)
+        level = torch.cat([self.level_embed[lvl].expand(f.shape[-2] * f.shape[-1], -1)
+                           for lvl, f in enumerate(feats)])  # (N, C)
+        pos = pos.to(memory.dtype) + level  # (B, N, C)
+        for layer in self.encoder:
+            memory = layer(memory, pos, valid)  # (B, N, C)
+        return memory, pos, valid
+
+    def forward(self, query: Tensor, ref_boxes: Tensor, feats: Sequence[Tensor], strides: Sequence[int],
+                img_shapes: Tensor) -> dict:
+        """query (B, Q, C) content; ref_boxes (B, Q, 4) initial reference boxes, normalised cxcywh in
+        (0, 1); feats [L x (B, C, h_l, w_l)] at ``strides``; img_shapes (B, 2) (h, w) before padding.
+
+        Returns dict(all_cls_scores (D, B, Q, K) logits, all_bbox_preds (D, B, Q, 4) normalised cxcywh).
+        Layer d refines its reference box r: ``box_d = sigmoid(delta_d + logit(r))``; ``box_d``,
+        detached, is layer d + 1's reference (the initial boxes are not detached, so whatever
+        produced them learns through layer 0).
+        """
+        if query.dim() != 3 or query.shape[-1] != self.embed_dims or ref_boxes.shape != query.shape[:2] + (4,):
+            raise ValueError(f'DETR2DHead: query must be (B, Q, {self.embed_dims}) and ref_boxes (B, Q, 4), got '
+                             f'{tuple(query.shape)} and {tuple(ref_boxes.shape)}')
+        memory, memory_pos, valid = self.memory(feats, strides, img_shapes.to(query.device, torch.float32))
+        all_cls, all_box = [], []
+        ref = ref_boxes
+        for layer, cls_branch, reg_branch in zip(self.decoder, self.cls_branches, self.reg_branches):
+            query_pos = self.ref_pos_mlp(box_sine_embed(ref.float(), self.embed_dims).to(query.dtype))  # (B, Q, C)
+            query = layer(query, query_pos, memory, memory_pos, valid)  # (B, Q, C)
+            box = (reg_branch(query).float() + inverse_sigmoid(ref.float())).sigmoid()  # (B, Q, 4)
+            all_cls.append(cls_branch(query))  # (B, Q, K)
+            all_box.append(box)
+            ref = box.detach()
+        return dict(all_cls_scores=torch.stack(all_cls), all_bbox_preds=torch.stack(all_box))
+
+    # ---------------------------------------------------------------- losses
+    def loss(self, outputs: dict, gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor]) -> dict:
+        """Hungarian-matched focal + L1 + GIoU losses at every decoder layer.
+
+        Args:
+            outputs: :meth:`forward`'s dict.
+            gt_boxes: B (G_b, 4) normalised cxcywh; gt_labels: B (G_b,) int64 in [0, K).
+        Returns:
+            ``loss_cls``, ``loss_bbox``, ``loss_giou`` (last layer) and ``d{i}.loss_*`` for the earlier
+            layers, each weighted and divided by the number of GT boxes (averaged over ranks, >= 1).
+        """
+        all_cls, all_box = outputs['all_cls_scores'], outputs['all_bbox_preds']
+        D, B = all_cls.shape[:2]
+        if len(gt_boxes) != B or len(gt_labels) != B:
+            raise ValueError(f'DETR2DHead.loss: batch has {B} images but got {len(gt_boxes)} gt_boxes and '
+                             f'{len(gt_labels)} gt_labels')
+        num_gt = _num_gt(sum(len(lab) for lab in gt_labels), all_cls.device)
+        losses = {}
+        for lid in range(D):
+            cls_l, box_l = all_cls[lid].float(), all_box[lid].float()  # (B, Q, K), (B, Q, 4)
+            cls_t = torch.zeros_like(cls_l)
+            l1, giou = cls_l.new_zeros(()), cls_l.new_zeros(())
+            for b in range(B):
+                p, g = self.matcher.assign(cls_l[b].detach(), box_l[b].detach(), gt_labels[b], gt_boxes[b])
+                cls_t[b, p, gt_labels[b][g]] = 1.0
+                pred, tgt = box_l[b, p], gt_boxes[b][g].float()  # (M, 4) each
+                l1 = l1 + (pred - tgt).abs().sum()
+                pair_giou = generalized_box_iou(box_convert(pred, 'cxcywh', 'xyxy'), box_convert(tgt, 'cxcywh', 'xyxy'))
+                giou = giou + (1 - pair_giou.diagonal()).sum()
+            loss_cls = sigmoid_focal_loss(cls_l, cls_t, alpha=self.alpha, gamma=self.gamma, reduction='sum')
+            prefix = '' if lid == D - 1 else f'd{lid}.'
+            losses[f'{prefix}loss_cls'] = self.cls_weight * loss_cls / num_gt
+            losses[f'{prefix}loss_bbox'] = self.l1_weight * l1 / num_gt
+            losses[f'{prefix}loss_giou'] = self.giou_weight * giou / num_gt
+        return losses
+
+    @torch.no_grad()
+    def predict(self, outputs: dict) -> list[dict]:
+        """Last layer -> B dicts ``boxes (k, 4) normalised cxcywh, scores (k,), labels (k,) int64``:
+        the top k = min(max_per_img, Q * K) sigmoid scores over queries x classes (Deformable DETR)."""
+        logits, boxes = outputs['all_cls_scores'][-1].float(), outputs['all_bbox_preds'][-1].float()
+        B, Q, K = logits.shape
+        scores, idx = logits.sigmoid().flatten(1).topk(min(self.max_per_img, Q * K), dim=1)  # (B, k) each
+        query = torch.div(idx, K, rounding_mode='floor')  # (B, k)
+        return [dict(boxes=boxes[b, query[b]], scores=scores[b], labels=idx[b] % K) for b in range(B)]
