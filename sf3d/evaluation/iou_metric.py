@@ -96,6 +96,7 @@ class IoUMetric(BaseMetric):
                 raise KeyError(f'IoUMetric: prediction {i} ({name}) has no pred_sem_seg, got keys {sorted(sample)}')
             pred = _as_numpy(sample['pred_sem_seg'], f'pred_sem_seg of {name}')
             gt = _as_numpy(gts[i], f'gt_seg_map of {name}')
+            gt = _unpad(gt, pred.shape, self.ignore_index)
             if pred.shape != gt.shape:
                 raise ValueError(f'IoUMetric: {name}: pred_sem_seg {pred.shape} and gt_seg_map {gt.shape} differ; '
                                  f'predictions must be at the original image size (ori_shape)')
@@ -128,6 +129,18 @@ class IoUMetric(BaseMetric):
             os.makedirs(osp.dirname(osp.abspath(self.table_file)), exist_ok=True)
             with open(self.table_file, 'w') as f:
                 f.write(table)
+
+
+def _unpad(gt: np.ndarray, shape: Sequence[int], ignore_index: int) -> np.ndarray:
+    """``gt`` cropped to ``shape`` when it is larger only by ``ignore_index`` rows / columns at the bottom /
+    right: a test map that ``image_collate`` padded because its image was not resized (its ``ori_shape``
+    then equals its ``img_shape``). Any other ``gt`` is returned as it is."""
+    h, w = shape[:2]
+    if gt.ndim != 2 or gt.shape == tuple(shape) or gt.shape[0] < h or gt.shape[1] < w:
+        return gt
+    if (gt[h:] == ignore_index).all() and (gt[:, w:] == ignore_index).all():
+        return gt[:h, :w]
+    return gt
 
 
 def _nanmean(values: np.ndarray) -> float:

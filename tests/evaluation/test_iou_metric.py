@@ -115,6 +115,15 @@ def test_all_ignored_gives_nan_without_error():
     assert all(math.isnan(v) for v in out.values())
 
 
+def test_collate_padding_of_an_unresized_test_map_is_cropped():
+    # image_collate pads a test map whose image kept its size (ori_shape == img_shape) with 255
+    gt = np.array([[0, 1, 1], [2, 2, 0]])
+    padded = np.full((4, 5), 255)
+    padded[:2, :3] = gt
+    metric = IoUMetric(num_classes=3)
+    assert _evaluate(metric, [padded], [gt]) == pytest.approx(dict(aAcc=100.0, mIoU=100.0, mAcc=100.0))
+
+
 def test_errors_name_the_image():
     metric = IoUMetric(num_classes=3)
     with pytest.raises(ValueError, match=r'b\.jpg: pred_sem_seg \(4, 5\) and gt_seg_map \(4, 6\) differ'):

@@ -26,7 +26,8 @@ def image_collate(batch: List[Dict], size_divisor: int = 32, pad_seg_map: bool =
     ``gt_seg_map``: a map at its sample's ``img_shape`` (a training map, in the network-input frame) is
     padded the same way with 255 (ignore) to (Hp, Wp); a map of another shape (a test map, left at
     ``ori_shape``) is left as it is. When a test image is not resized its ``ori_shape`` equals its
-    ``img_shape``: set ``pad_seg_map=False`` in test data loaders so such maps stay at ``ori_shape``.
+    ``img_shape`` and its map is padded too: ``IoUMetric`` crops that all-ignore padding off again
+    (``pad_seg_map=False`` in test loaders avoids it).
     ``gt_masks`` stay at ``img_shape`` (K, h, w).
     """
     if not batch:
