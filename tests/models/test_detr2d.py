@@ -17,7 +17,7 @@ BACKBONE = dict(type='SpatialFormer', arch=ARCH, spatial_grid=(4, 4), drop_path_
 HEAD = dict(num_classes=3, num_decoder_layers=2, num_heads=4, ffn_dims=64, dropout=0.0)
 
 
-def _model(query_mode='tokens', seed=0, backbone=BACKBONE, **kwargs):
+def _model(query_mode='spatial_tokens', seed=0, backbone=BACKBONE, **kwargs):
     torch.manual_seed(seed)
     return MODELS.build(dict(type='DETR2D', backbone=backbone, head=dict(HEAD, **kwargs.pop('head', {})),
                              embed_dims=32, query_mode=query_mode, **kwargs))
@@ -164,7 +164,7 @@ def test_memory_mask_ignores_the_padding():
 
 
 # ---------------------------------------------------------------- the detector
-@pytest.mark.parametrize('query_mode', ['tokens', 'learned'])
+@pytest.mark.parametrize('query_mode', ['spatial_tokens', 'learned'])
 def test_outputs_follow_the_contract(query_mode):
     model = _model(query_mode)
     assert isinstance(model, DETR2D) and model.query_mode == query_mode  # built from the registry
@@ -206,10 +206,10 @@ def _initial_queries(model, x, shapes):
     return model.initial_queries(tokens, shapes, x.shape[-2:])
 
 
-@pytest.mark.parametrize('query_mode', ['tokens', 'learned'])
+@pytest.mark.parametrize('query_mode', ['spatial_tokens', 'learned'])
 def test_initial_queries_come_from_the_spatial_tokens_only_in_token_mode(query_mode):
     model = _model(query_mode)
-    if query_mode == 'tokens':
+    if query_mode == 'spatial_tokens':
         torch.nn.init.normal_(model.token_ref.fc2.weight, std=0.1)  # a trained refinement moves the cells
     x, shapes = torch.randn(1, 3, 64, 64), torch.tensor([[64.0, 64.0]])
     q0, r0 = _initial_queries(model, x, shapes)
@@ -217,7 +217,7 @@ def test_initial_queries_come_from_the_spatial_tokens_only_in_token_mode(query_m
         model.backbone.spatial_embed.add_(torch.randn_like(model.backbone.spatial_embed))
     q1, r1 = _initial_queries(model, x, shapes)
     grads = torch.autograd.grad(q1.sum() + r1.sum(), model.backbone.spatial_embed, allow_unused=True)[0]
-    if query_mode == 'tokens':
+    if query_mode == 'spatial_tokens':
         assert not torch.allclose(q0, q1) and not torch.allclose(r0, r1)
         assert grads is not None and grads.abs().sum() > 0
     else:
@@ -227,7 +227,7 @@ def test_initial_queries_come_from_the_spatial_tokens_only_in_token_mode(query_m
 
 
 def test_token_mode_initial_boxes_are_the_cells_and_the_loss_reaches_the_tokens():
-    model = _model('tokens')
+    model = _model('spatial_tokens')
     x, ds = torch.randn(2, 3, 64, 96), _samples()
     out = model(x, ds, mode='tensor')
     cells = token_cell_boxes((4, 4), (64, 96), torch.tensor([[64., 96], [50, 80]]))
@@ -253,7 +253,7 @@ def test_pretrained_backbone_loads_through_init_cfg(tmp_path):
 
 
 def test_empty_ground_truth_trains_without_nan():
-    model = _model('tokens')
+    model = _model('spatial_tokens')
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ds = dict(img_shape=[(64, 64)] * 2, gt_bboxes=[torch.zeros(0, 4)] * 2,
               gt_labels=[torch.zeros(0, dtype=torch.long)] * 2)
@@ -271,7 +271,7 @@ def test_empty_ground_truth_trains_without_nan():
 def test_overfits_one_image_with_two_boxes_at_original_scale():
     """An image resized by 0.75 to 60 x 90 and padded to 64 x 96, two coloured boxes of two classes:
     after 80 steps the two best detections are both boxes, right classes, IoU > 0.5 in original pixels."""
-    model = _model('tokens', head=dict(num_classes=2))
+    model = _model('spatial_tokens', head=dict(num_classes=2))
     gt = torch.tensor([[8., 10, 40, 40], [50, 20, 85, 55]])  # img_shape pixels
     torch.manual_seed(1)
     x = torch.zeros(1, 3, 64, 96)
@@ -298,14 +298,14 @@ def test_overfits_one_image_with_two_boxes_at_original_scale():
 
 def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match='query_mode'):
-        _model('spatial_tokens')
+        _model('tokens')
     with pytest.raises(ValueError, match='one query per token'):
-        _model('tokens', num_queries=10)
+        _model('spatial_tokens', num_queries=10)
     with pytest.raises(ValueError, match='num_queries >= 1'):
         _model('learned', num_queries=0)
     with pytest.raises(ValueError, match='out_channels'):
-        _model('tokens', neck=dict(out_channels=64))
-    model = _model('tokens')
+        _model('spatial_tokens', neck=dict(out_channels=64))
+    model = _model('spatial_tokens')
     x = torch.randn(1, 3, 64, 64)
     ok = dict(img_shape=[(64, 64)], gt_bboxes=[torch.tensor([[1., 2, 30, 40]])], gt_labels=[torch.tensor([1])])
     with pytest.raises(KeyError, match='gt_labels'):

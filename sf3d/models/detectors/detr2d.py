@@ -9,7 +9,7 @@ multi-scale memory with sin-cos + level positions, decoder with iterative box re
 focal + L1 + GIoU losses at every layer, top-100 decoding). Two query modes, the model being the
 same otherwise:
 
-* ``query_mode='tokens'``: the M = gh * gw final spatial tokens (B, M, C_last) become the M
+* ``query_mode='spatial_tokens'``: the M = gh * gw final spatial tokens (B, M, C_last) become the M
   queries. Content: ``Linear(C_last -> embed_dims)`` of the token. Initial reference box: the
   token's grid cell (SpatialFormer's token ``i * gw + j`` sits at cell (i, j) of the PADDED input
   it sees; the cell is clipped to the image and normalised by ``img_shape``), moved in
@@ -53,7 +53,7 @@ from sf3d.registry import MODELS
 
 __all__ = ['DETR2D', 'token_cell_boxes', 'to_original_boxes']
 
-QUERY_MODES = ('tokens', 'learned')
+QUERY_MODES = ('spatial_tokens', 'learned')
 MIN_BOX_SIZE = 1e-3  # normalised; keeps the logit of a cell clipped to nothing finite
 
 
@@ -113,14 +113,14 @@ class DETR2D(BaseModel):
         neck: keyword arguments of :meth:`FPN.from_backbone`; ``start_level`` defaults to the first
             backbone output at stride >= 8 (strides 8 / 16 / 32 for SpatialFormer); ``out_channels``
             must equal ``embed_dims``.
-        query_mode: ``'tokens'`` (needs spatial tokens) or ``'learned'``.
+        query_mode: ``'spatial_tokens'`` (needs spatial tokens) or ``'learned'``.
         num_queries: learned queries (``'learned'`` only); None takes the backbone's M.
-        token_ref_refine: in ``'tokens'`` mode, move each cell box by an MLP of its token.
+        token_ref_refine: in ``'spatial_tokens'`` mode, move each cell box by an MLP of its token.
         embed_dims: decoder width C.
         data_preprocessor, init_cfg: as in mmengine's ``BaseModel``.
     """
 
-    def __init__(self, *, backbone: dict, head: dict, neck: Optional[dict] = None, query_mode: str = 'tokens',
+    def __init__(self, *, backbone: dict, head: dict, neck: Optional[dict] = None, query_mode: str = 'spatial_tokens',
                  num_queries: Optional[int] = None, token_ref_refine: bool = True, embed_dims: int = 256,
                  data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
@@ -130,8 +130,8 @@ class DETR2D(BaseModel):
         self.embed_dims = embed_dims
         self.backbone = MODELS.build(backbone)
         num_tokens = getattr(self.backbone, 'num_spatial_tokens', None)
-        if query_mode == 'tokens' and (num_tokens is None or num_queries not in (None, num_tokens)):
-            raise ValueError(f"DETR2D: query_mode='tokens' needs a backbone with spatial tokens and takes one query "
+        if query_mode == 'spatial_tokens' and (num_tokens is None or num_queries not in (None, num_tokens)):
+            raise ValueError(f"DETR2D: query_mode='spatial_tokens' needs a backbone with spatial tokens and takes one query "
                              f'per token (num_queries None or {num_tokens}); got {type(self.backbone).__name__} '
                              f'and num_queries={num_queries}')
         self.num_queries = num_tokens if num_queries is None else int(num_queries)
@@ -152,7 +152,7 @@ class DETR2D(BaseModel):
                 raise ValueError(f"DETR2D: head {key}={head[key]} differs from the detector's {value}")
         self.head = DETR2DHead(**head)
 
-        if query_mode == 'tokens':
+        if query_mode == 'spatial_tokens':
             c_last = self.backbone.embed_dims[-1]
             self.query_proj = nn.Linear(c_last, embed_dims)
             self.token_ref = Mlp(c_last, embed_dims, 4, act_layer=nn.ReLU) if token_ref_refine else None
