@@ -5,6 +5,9 @@ Usage:
 
 Builds ``cfg.model`` with ``sf3d.registry.MODELS`` and feeds a (1, 3, H, W) input
 (default 224 x 224) to ``model.backbone`` if the model has one, otherwise to the model.
+``--whole`` runs the whole 2D model instead (COCO detectors, ADE20K segmentors: their
+``predict`` on one H x W image, as mmdet / mmseg's get_flops do): the heads' cost then counts too,
+for detectors with the test settings' proposal and detection numbers of the (random) weights.
 GMACs = ``FlopCounterMode`` FLOPs / 2 (one multiply-add = 2 FLOPs = 1 MAC), counted
 under ``sdpa_kernel(SDPBackend.MATH)`` so attention is included (see sf3d/utils/flops.py).
 Submodules that the input does not reach (e.g. a classification head when only the
@@ -22,6 +25,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Count parameters and GMACs of a model config')
     parser.add_argument('config', help='config file path')
     parser.add_argument('--shape', type=int, nargs=2, default=[224, 224], metavar=('H', 'W'), help='input size')
+    parser.add_argument('--whole', action='store_true',
+                        help="count the whole 2D model's predict (backbone, neck and heads) on one image")
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config keys, e.g. model.backbone.arch=t')
     return parser.parse_args()
@@ -54,6 +59,16 @@ def table_rows(model: torch.nn.Module, counted: dict, prefix: str) -> list[tuple
     return rows
 
 
+def whole_model_inputs(h: int, w: int) -> dict:
+    """``forward`` keyword arguments of a 2D model (the 2D data contract, sf3d.datasets.transforms.
+    formatting2d) predicting one normalised-noise H x W image, unscaled and unpadded."""
+    if h % 32 or w % 32:
+        raise ValueError(f'--whole: --shape {h} {w} must be multiples of 32 (the 2D models take padded batches)')
+    samples = dict(img_path=['flops.jpg'], img_id=[0], ori_shape=[(h, w)], img_shape=[(h, w)],
+                   scale_factor=[(1.0, 1.0)], flip=[False], pad_shape=[(h, w)])
+    return dict(inputs=torch.randn(1, 3, h, w), data_samples=samples, mode='predict')
+
+
 def main() -> None:
     args = parse_args()
     cfg = Config.fromfile(args.config)
@@ -62,15 +77,20 @@ def main() -> None:
     from sf3d.registry import MODELS
     from sf3d.utils.flops import count_params_flops
 
-    model = MODELS.build(cfg.model).eval()
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'sf3d')):  # as the Runner builds it
+        model = MODELS.build(cfg.model).eval()
     has_backbone = isinstance(getattr(model, 'backbone', None), torch.nn.Module)
-    target = model.backbone if has_backbone else model
-    images = torch.zeros(1, 3, *args.shape)
-    counted = count_params_flops(target, images)
-    rows = table_rows(model, counted, 'backbone.' if has_backbone else '')
+    if args.whole:
+        torch.manual_seed(0)
+        counted = count_params_flops(model, whole_model_inputs(*args.shape))
+        rows, target_name = table_rows(model, counted, ''), 'model (predict)'
+    else:
+        counted = count_params_flops(model.backbone if has_backbone else model, torch.zeros(1, 3, *args.shape))
+        rows = table_rows(model, counted, 'backbone.' if has_backbone else '')
+        target_name = 'model.backbone' if has_backbone else 'model'
 
-    print(f'config: {args.config}  input: (1, 3, {args.shape[0]}, {args.shape[1]}) -> '
-          f'{"model.backbone" if has_backbone else "model"}')
+    print(f'config: {args.config}  input: (1, 3, {args.shape[0]}, {args.shape[1]}) -> {target_name}')
     print('| module | params (M) | GMACs |')
     print('|---|---|---|')
     for name, params, gmacs in rows:
