@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from sf3d.models.heads.mask_transformer_head import (MaskedAttention, MaskHungarianMatcher, MaskTransformerHead,
-                                                     dice_loss, labels_at, mask_bce_cost, mask_dice_cost,
+from sf3d.models.heads.mask_transformer_head import (MaskHungarianMatcher, MaskTransformerHead, dice_loss,
+                                                     labels_at, mask_bce_cost, mask_dice_cost,
                                                      pixel_centre_points, point_sample, sigmoid_bce_loss,
                                                      uncertain_points)
-from sf3d.models.layers import grid_sincos_encoding
+from sf3d.models.layers import Attention, grid_sincos_encoding
 
 IN_CHANNELS = [16, 32, 64, 64]
 K = 3
@@ -202,7 +202,7 @@ def test_ignored_pixels_never_contribute():
 
 def test_masked_attention_matches_manual_and_empty_masks_attend_everywhere():
     torch.manual_seed(0)
-    attn = MaskedAttention(8, 2)
+    attn = Attention(8, 2)
     q, kv = torch.randn(1, 3, 8), torch.randn(1, 5, 8)
     allowed = torch.tensor([[1, 0, 1, 0, 0], [0, 0, 0, 0, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
     out = attn(q, key=kv, value=kv, attn_mask=allowed[None, None])

@@ -24,7 +24,7 @@ masked.
 Axis names: B batch, Q queries, C channels, L FPN levels, N memory tokens (all levels), D decoder
 layers, K classes, G ground-truth boxes.
 
-Blocks: ``MaskedAttention``, ``DETR2DEncoderLayer``, ``DETR2DDecoderLayer``; matcher:
+Blocks: ``DETR2DEncoderLayer``, ``DETR2DDecoderLayer``; matcher:
 ``HungarianMatcher2D``; head: ``DETR2DHead``.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ from sf3d.models.heads.assigner import focal_cost
 from sf3d.models.heads.box_coder import inverse_sigmoid
 from sf3d.models.layers import Attention, Mlp, sincos_2d
 
-__all__ = ['HungarianMatcher2D', 'MaskedAttention', 'DETR2DEncoderLayer', 'DETR2DDecoderLayer', 'DETR2DHead',
+__all__ = ['HungarianMatcher2D', 'DETR2DEncoderLayer', 'DETR2DDecoderLayer', 'DETR2DHead',
            'box_sine_embed', 'memory_positions']
 
 
@@ -119,24 +119,9 @@ class HungarianMatcher2D:
         return torch.as_tensor(rows, dtype=torch.long, device=dev), torch.as_tensor(cols, dtype=torch.long, device=dev)
 
 
-class MaskedAttention(Attention):
-    """:class:`~sf3d.models.layers.Attention` with a key mask: ``forward(query (B, N, C), key (B, L, C),
-    value (B, L, C), key_valid (B, L) bool or None)`` -> (B, N, C); keys where ``key_valid`` is False
-    get no weight."""
-
-    def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
-                key_valid: Tensor | None = None) -> Tensor:
-        key = query if key is None else key
-        value = key if value is None else value
-        B, N, C = query.shape
-        q = self._split_heads(self.q(query))  # (B, h, N, d)
-        k = self._split_heads(self.k(key))  # (B, h, L, d)
-        v = self._split_heads(self.v(value))  # (B, h, L, d)
-        mask = None if key_valid is None else key_valid[:, None, None, :]  # (B, 1, 1, L)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.attn_drop if self.training else 0.)
-        x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
-        return self.proj_drop(self.proj(x))
+def _key_mask(key_valid: Tensor | None) -> Tensor | None:
+    """(B, L) bool valid keys -> an attention mask (B, 1, 1, L) for :class:`Attention`."""
+    return None if key_valid is None else key_valid[:, None, None, :]  # (B, 1, 1, L)
 
 
 class DETR2DEncoderLayer(nn.Module):
@@ -147,14 +132,14 @@ class DETR2DEncoderLayer(nn.Module):
 
     def __init__(self, *, embed_dims: int = 256, num_heads: int = 8, ffn_dims: int = 1024, dropout: float = 0.1):
         super().__init__()
-        self.self_attn = MaskedAttention(embed_dims, num_heads, attn_drop=dropout, proj_drop=dropout)
+        self.self_attn = Attention(embed_dims, num_heads, attn_drop=dropout, proj_drop=dropout)
         self.norm1 = nn.LayerNorm(embed_dims)
         self.ffn = Mlp(embed_dims, ffn_dims, act_layer=nn.ReLU, drop=dropout)
         self.norm2 = nn.LayerNorm(embed_dims)
 
     def forward(self, x: Tensor, pos: Tensor, valid: Tensor) -> Tensor:
         qk = x + pos
-        x = self.norm1(x + self.self_attn(qk, qk, x, valid))  # (B, N, C)
+        x = self.norm1(x + self.self_attn(qk, qk, x, attn_mask=_key_mask(valid)))  # (B, N, C)
         return self.norm2(x + self.ffn(x))  # (B, N, C)
 
 
@@ -169,7 +154,7 @@ class DETR2DDecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = Attention(embed_dims, num_heads, attn_drop=dropout, proj_drop=dropout)
         self.norm1 = nn.LayerNorm(embed_dims)
-        self.cross_attn = MaskedAttention(embed_dims, num_heads, attn_drop=dropout, proj_drop=dropout)
+        self.cross_attn = Attention(embed_dims, num_heads, attn_drop=dropout, proj_drop=dropout)
         self.norm2 = nn.LayerNorm(embed_dims)
         self.ffn = Mlp(embed_dims, ffn_dims, act_layer=nn.ReLU, drop=dropout)
         self.norm3 = nn.LayerNorm(embed_dims)
@@ -178,7 +163,8 @@ class DETR2DDecoderLayer(nn.Module):
                 memory_valid: Tensor) -> Tensor:
         qk = query + query_pos
         x = self.norm1(query + self.self_attn(qk, qk, query))  # (B, Q, C)
-        x = self.norm2(x + self.cross_attn(x + query_pos, memory + memory_pos, memory, memory_valid))  # (B, Q, C)
+        x = self.norm2(x + self.cross_attn(x + query_pos, memory + memory_pos, memory,
+                                                   attn_mask=_key_mask(memory_valid)))  # (B, Q, C)
         return self.norm3(x + self.ffn(x))  # (B, Q, C)
 
 

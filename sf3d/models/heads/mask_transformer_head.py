@@ -64,7 +64,7 @@ from sf3d.models.layers import Attention, Mlp, grid_sincos_encoding
 from .uper_head import IGNORE_INDEX, resize
 
 __all__ = ['point_sample', 'labels_at', 'pixel_centre_points', 'uncertain_points', 'mask_bce_cost',
-           'mask_dice_cost', 'sigmoid_bce_loss', 'dice_loss', 'MaskHungarianMatcher', 'MaskedAttention',
+           'mask_dice_cost', 'sigmoid_bce_loss', 'dice_loss', 'MaskHungarianMatcher',
            'MaskedDecoderLayer', 'LightPixelDecoder', 'MaskTransformerHead']
 
 QUERY_MODES = ('spatial_tokens', 'learned')
@@ -169,24 +169,6 @@ class MaskHungarianMatcher:
 
 
 # ---------------------------------------------------------------------------------------------- blocks
-class MaskedAttention(Attention):
-    """:class:`~sf3d.models.layers.Attention` with a boolean mask: ``attn_mask`` (B, 1, N, L), True
-    where query n may attend to key l (every row needs at least one True). Returns (B, N, C)."""
-
-    def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
-                attn_mask: Tensor | None = None) -> Tensor:
-        key = query if key is None else key
-        value = key if value is None else value
-        B, N, C = query.shape
-        q = self._split_heads(self.q(query))  # (B, h, N, d)
-        k = self._split_heads(self.k(key))  # (B, h, L, d)
-        v = self._split_heads(self.v(value))  # (B, h, L, d)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.attn_drop if self.training else 0.)
-        x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
-        return self.proj_drop(self.proj(x))
-
-
 class MaskedDecoderLayer(nn.Module):
     """Post-norm Mask2Former decoder layer: masked cross-attention, self-attention, FFN (ReLU).
 
@@ -196,7 +178,7 @@ class MaskedDecoderLayer(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, ffn_dim: int):
         super().__init__()
-        self.cross_attn = MaskedAttention(dim, num_heads)
+        self.cross_attn = Attention(dim, num_heads)
         self.norm1 = nn.LayerNorm(dim)
         self.self_attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim)

@@ -17,8 +17,10 @@ __all__ = ['Attention', 'SpatialReduction']
 class Attention(nn.Module):
     """Multi-head (self- or cross-) attention; every product goes through SDPA.
 
-    ``forward(query, key=None, value=None)``: ``query`` (B, N, C); ``key`` and ``value``
-    (B, L, C) default to ``query`` (self-attention) and to ``key`` respectively.
+    ``forward(query, key=None, value=None, attn_mask=None)``: ``query`` (B, N, C); ``key`` and
+    ``value`` (B, L, C) default to ``query`` (self-attention) and to ``key`` respectively;
+    ``attn_mask`` (bool, broadcastable to (B, heads, N, L)) is True where a query may attend to a
+    key (e.g. ``key_valid[:, None, None, :]`` for padded keys; every query needs one True key).
     Position encodings are added by the caller to the tensors passed as query / key
     (values carry content only, as in DETR), so the caller may pass
     ``key=x + pos, value=x``. Returns (B, N, C).
@@ -48,14 +50,16 @@ class Attention(nn.Module):
         B, L, C = x.shape
         return x.view(B, L, self.num_heads, C // self.num_heads).transpose(1, 2)  # (B, h, L, d)
 
-    def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None) -> Tensor:
+    def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
+                attn_mask: Tensor | None = None) -> Tensor:
         key = query if key is None else key
         value = key if value is None else value
         B, N, C = query.shape
         q = self._split_heads(self.q(query))  # (B, h, N, d)
         k = self._split_heads(self.k(key))  # (B, h, L, d)
         v = self._split_heads(self.v(value))  # (B, h, L, d)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.attn_drop if self.training else 0.)
         x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
         return self.proj_drop(self.proj(x))
 
