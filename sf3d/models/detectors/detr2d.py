@@ -175,8 +175,9 @@ class DETR2D(BaseModel):
         (B, 2) (h, w); ``pad_shape`` (Hp, Wp) of the input."""
         B = img_shapes.shape[0]
         if self.query_mode == 'learned':
-            return (self.query_embed.weight.expand(B, -1, -1),
-                    self.ref_embed.weight.sigmoid().expand(B, -1, -1))  # (B, Q, C), (B, Q, 4)
+            # repeat, not expand: a no-grad view of a parameter breaks FlopCounterMode's module tracker
+            return (self.query_embed.weight.repeat(B, 1, 1),
+                    self.ref_embed.weight.sigmoid().repeat(B, 1, 1))  # (B, Q, C), (B, Q, 4)
         cells = token_cell_boxes(self.backbone.spatial_grid, pad_shape, img_shapes)  # (B, M, 4)
         ref = cells
         if self.token_ref is not None:
