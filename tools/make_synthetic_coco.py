@@ -8,28 +8,18 @@ Writes ``OUT/annotations/instances_{train,val}2017.json`` and ``OUT/{train,val}2
 See sf3d/datasets/synthetic_coco.py for what is drawn and how the annotations are made.
 """
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
 
-
-def _load_generator():
-    """Import the generator module from its file (without importing the sf3d.datasets package,
-    which pulls in torch)."""
-    name = 'sf3d.datasets.synthetic_coco'
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).resolve().parents[1] / 'sf3d' / 'datasets' / 'synthetic_coco.py'
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # a script's folder is on sys.path; not when loaded by path (tests/tool_loader.py)
+    sys.path.insert(0, HERE)
+from synthetic_generator import load_generator  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    gen = _load_generator()
+    gen = load_generator('synthetic_coco')
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
         epilog=f'OUT must be new, empty, or a previous synthetic set (it holds {gen.MARKER}); a previous set '
@@ -48,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    gen = _load_generator()
+    gen = load_generator('synthetic_coco')
     start = time.time()
     try:
         counts = gen.generate(args.out, num_train=args.num_train, num_val=args.num_val, size=args.size,

@@ -11,28 +11,18 @@ Writes ``DIR/<version>/`` (13 tables), ``DIR/maps/`` and ``DIR/samples/``; then
 See sf3d/datasets/synthetic_nuscenes.py for what is simulated.
 """
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
 
-
-def _load_generator():
-    """Import the generator module from its file (without importing the sf3d.datasets package,
-    which pulls in torch)."""
-    name = 'sf3d.datasets.synthetic_nuscenes'
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).resolve().parents[1] / 'sf3d' / 'datasets' / 'synthetic_nuscenes.py'
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # a script's folder is on sys.path; not when loaded by path (tests/tool_loader.py)
+    sys.path.insert(0, HERE)
+from synthetic_generator import load_generator  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    gen = _load_generator()
+    gen = load_generator('synthetic_nuscenes')
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--out', required=True, help='dataroot to write (DIR/<version>/, maps/, samples/)')
     parser.add_argument('--seed', type=int, default=0, help='scene content seed (default 0)')
@@ -63,7 +53,7 @@ def _rig_type(gen):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    gen = _load_generator()
+    gen = load_generator('synthetic_nuscenes')
     start = time.time()
     try:
         counts = gen.generate(args.out, seed=args.seed, samples_per_scene=args.samples_per_scene,
