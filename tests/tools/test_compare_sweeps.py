@@ -40,8 +40,8 @@ def test_two_models_side_by_side(tmp_path, capsys):
     for m in ('NDS', 'mAP'):
         png = open(paths[m], 'rb').read()
         assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 5000
-    stats = compare.summarise(compare.read_sweep(str(a / 'rot_noise.csv')), 'NDS')
-    assert stats['1']['drop_std'] == pytest.approx(math.sqrt(2 * 12.5 ** 2))
+    stats = compare.summarise(compare.read_sweep(str(a / 'rot_noise.csv')))
+    assert stats['1']['NDS_rel_drop_pct_std'] == pytest.approx(math.sqrt(2 * 12.5 ** 2))
     assert 'written:' in capsys.readouterr().out
 
 
@@ -55,8 +55,8 @@ def test_clear_errors(tmp_path):
         compare.main([f'x={tmp_path / "empty"}', '--out', str(tmp_path / 'o')])
     folder = tmp_path / 'noclean'
     folder.mkdir()
-    (folder / 'pitch.csv').write_text('sweep,severity,seed,NDS,mAP,NDS_rel_drop_pct,mAP_rel_drop_pct\n'
-                                      'pitch,1,0,0.3,0.1,,\n')
+    (folder / 'pitch.csv').write_text('sweep,severity,seed,NDS,mAP,mATE,mASE,mAOE,mAVE,mAAE,NDS_rel_drop_pct,'
+                                      'mAP_rel_drop_pct\npitch,1,0,0.3,0.1,1,1,1,1,1,,\n')
     with pytest.raises(ValueError, match='no clean run'):
         compare.main([f'x={folder}', '--out', str(tmp_path / 'o')])
     with pytest.raises(ValueError, match='repeated labels'):

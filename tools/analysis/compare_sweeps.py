@@ -21,9 +21,8 @@ import os.path as osp
 import sys
 from typing import Dict, List, Sequence, Tuple
 
-import numpy as np
 
-DROP_METRICS = ('NDS', 'mAP')
+DROP_METRICS = ('NDS', 'mAP')  # camera_ablation.DROP_METRICS, for the --metrics choices
 CLEAN = 'clean'
 
 
@@ -51,9 +50,10 @@ def parse_entry(text: str) -> Tuple[str, str]:
 
 def read_sweep(path: str) -> List[dict]:
     """Rows of one ``<sweep>.csv``: severity (str), seed and the metric / drop columns as floats (NaN if empty)."""
+    tool = _ablation_tool()
     with open(path, newline='') as f:
         rows = list(csv.DictReader(f))
-    needed = {'severity', 'seed', *DROP_METRICS, *[f'{m}_rel_drop_pct' for m in DROP_METRICS]}
+    needed = {'severity', 'seed', *tool.METRICS, *[f'{m}_rel_drop_pct' for m in tool.DROP_METRICS]}
     if not rows or not needed <= set(rows[0]):
         raise ValueError(f'{path}: expected a camera_ablation.py CSV with columns {sorted(needed)}, got '
                          f'{sorted(rows[0]) if rows else "no rows"}')
@@ -68,18 +68,10 @@ def read_sweep(path: str) -> List[dict]:
     return out
 
 
-def summarise(rows: Sequence[dict], metric: str) -> Dict[str, dict]:
-    """{severity: dict(n, value, value_std, drop, drop_std)} (std over seeds, ddof 1; 0 for one run)."""
-    out: Dict[str, dict] = {}
-    for severity in dict.fromkeys(r['severity'] for r in rows):
-        group = [r for r in rows if r['severity'] == severity]
-        entry = dict(n=len(group))
-        for key, col in (('value', metric), ('drop', f'{metric}_rel_drop_pct')):
-            values = np.array([r[col] for r in group], dtype=np.float64)
-            entry[key] = float(values.mean())
-            entry[f'{key}_std'] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        out[severity] = entry
-    return out
+def summarise(rows: Sequence[dict]) -> Dict[str, dict]:
+    """{severity: camera_ablation.py's summary entry} (``runs``, every metric and drop with its ``_std``
+    over seeds)."""
+    return {entry['severity']: entry for entry in _ablation_tool().summarise(rows)}
 
 
 def collect(entries: Sequence[Tuple[str, str]]) -> Dict[str, Dict[str, List[dict]]]:
@@ -118,18 +110,19 @@ def markdown(found: Dict[str, Dict[str, List[dict]]], metrics: Sequence[str]) ->
             for m in metrics:
                 header += [f'{label} {m}', f'{label} {m} drop']
         lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-        stats = {(label, m): summarise(per_label[label], m) for label in labels for m in metrics}
+        stats = {label: summarise(per_label[label]) for label in labels}
         severities = list(dict.fromkeys(s for rows in per_label.values() for s in (r['severity'] for r in rows)))
         for severity in severities:
             cells = [severity]
             for label in labels:
+                e = stats[label].get(severity)
                 for m in metrics:
-                    e = stats[label, m].get(severity)
                     if e is None:
                         cells += ['', '']
                         continue
-                    cells += [_cell(e['value'], e['value_std'], e['n'], False),
-                              '-' if severity == CLEAN else _cell(e['drop'], e['drop_std'], e['n'], True)]
+                    drop = f'{m}_rel_drop_pct'
+                    cells += [_cell(e[m], e[f'{m}_std'], e['runs'], False),
+                              '-' if severity == CLEAN else _cell(e[drop], e[f'{drop}_std'], e['runs'], True)]
             lines.append('| ' + ' | '.join(cells) + ' |')
         lines.append('')
     return '\n'.join(lines)
@@ -145,6 +138,7 @@ def plot(found: Dict[str, Dict[str, List[dict]]], metric: str, path: str) -> Non
     fig = Figure(figsize=(5.2 * cols, 3.8 * rows_n))
     FigureCanvasAgg(fig)
     colour = {label: f'C{i}' for i, label in enumerate(dict.fromkeys(l for p in found.values() for l in p))}
+    drop = f'{metric}_rel_drop_pct'
     for k, (name, per_label) in enumerate(found.items()):
         ax = fig.add_subplot(rows_n, cols, k + 1)
         sweep = sweeps[name]
@@ -154,17 +148,17 @@ def plot(found: Dict[str, Dict[str, List[dict]]], metric: str, path: str) -> Non
                                             if r['severity'] != CLEAN))
             width = 0.8 / len(labels)
             for j, label in enumerate(labels):
-                stats = summarise(per_label[label], metric)
+                stats = summarise(per_label[label])
                 xs = [i + (j - (len(labels) - 1) / 2) * width for i in range(len(severities))]
-                ys = [stats[s]['drop'] if s in stats else math.nan for s in severities]
-                errs = [stats[s]['drop_std'] if s in stats else 0.0 for s in severities]
+                ys = [stats[s][drop] if s in stats else math.nan for s in severities]
+                errs = [stats[s][f'{drop}_std'] if s in stats else 0.0 for s in severities]
                 ax.bar(xs, ys, width=width, yerr=errs, label=label, color=colour[label])
             ax.set_xticks(range(len(severities)), severities, rotation=30, ha='right', fontsize=7)
         else:
-            for j, label in enumerate(labels):
-                stats = summarise(per_label[label], metric)
+            for label in labels:
+                stats = summarise(per_label[label])
                 points = sorted([(float(sweep.neutral), 0.0, 0.0)] +
-                                [(float(s), e['drop'], e['drop_std']) for s, e in stats.items() if s != CLEAN])
+                                [(float(s), e[drop], e[f'{drop}_std']) for s, e in stats.items() if s != CLEAN])
                 ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
                             marker='o', capsize=3, label=label, color=colour[label])
             ax.set_xlabel(sweep.unit)
