@@ -17,6 +17,17 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0-255 scale
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
+def register_mean_std(module: torch.nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+    """Check ``mean`` / ``std`` (3 RGB values each, std > 0; ValueError naming the module otherwise) and
+    register them as non-persistent (1, 3, 1, 1) buffers ``module.mean`` / ``module.std``."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float32)
+    std_t = torch.as_tensor(std, dtype=torch.float32)
+    if mean_t.shape != (3,) or std_t.shape != (3,) or not bool((std_t > 0).all()):
+        raise ValueError(f'{type(module).__name__}: mean and std need 3 values (std > 0), got {mean}, {std}')
+    module.register_buffer('mean', mean_t.view(1, 3, 1, 1), persistent=False)  # (1, 3, 1, 1)
+    module.register_buffer('std', std_t.view(1, 3, 1, 1), persistent=False)  # (1, 3, 1, 1)
+
+
 @MODELS.register_module()
 class ImageDataPreprocessor(BaseDataPreprocessor):
     """Normalise a padded image batch on the device (module docstring for inputs/outputs).
@@ -29,12 +40,7 @@ class ImageDataPreprocessor(BaseDataPreprocessor):
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  non_blocking: bool = False):
         super().__init__(non_blocking=non_blocking)
-        mean_t = torch.as_tensor(mean, dtype=torch.float32)
-        std_t = torch.as_tensor(std, dtype=torch.float32)
-        if mean_t.shape != (3,) or std_t.shape != (3,) or not bool((std_t > 0).all()):
-            raise ValueError(f'ImageDataPreprocessor: mean and std need 3 values (std > 0), got {mean}, {std}')
-        self.register_buffer('mean', mean_t.view(1, 3, 1, 1), persistent=False)  # (1, 3, 1, 1)
-        self.register_buffer('std', std_t.view(1, 3, 1, 1), persistent=False)  # (1, 3, 1, 1)
+        register_mean_std(self, mean, std)
 
     def forward(self, data: dict, training: bool = False) -> dict:
         if not isinstance(data, dict) or 'inputs' not in data:

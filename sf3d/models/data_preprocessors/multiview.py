@@ -26,6 +26,8 @@ from torch import Tensor
 from sf3d.registry import MODELS
 from sf3d.structures import LiDARBoxes, MultiViewCameras
 
+from .image import register_mean_std
+
 __all__ = ['BatchPhotometricDistortion', 'BatchGridMask', 'MultiViewDataPreprocessor']
 
 
@@ -203,12 +205,7 @@ class MultiViewDataPreprocessor(BaseDataPreprocessor):
                  std: Sequence[float] = (58.395, 57.12, 57.375), photometric: Optional[dict] = None,
                  grid_mask: Optional[dict] = None, non_blocking: bool = False):
         super().__init__(non_blocking=non_blocking)
-        mean_t = torch.as_tensor(mean, dtype=torch.float32)
-        std_t = torch.as_tensor(std, dtype=torch.float32)
-        if mean_t.shape != (3,) or std_t.shape != (3,) or not bool((std_t > 0).all()):
-            raise ValueError(f'MultiViewDataPreprocessor: mean and std need 3 values (std > 0), got {mean}, {std}')
-        self.register_buffer('mean', mean_t.view(1, 3, 1, 1), persistent=False)  # (1, 3, 1, 1)
-        self.register_buffer('std', std_t.view(1, 3, 1, 1), persistent=False)  # (1, 3, 1, 1)
+        register_mean_std(self, mean, std)
         self.photometric = None if photometric is None else BatchPhotometricDistortion(**photometric)
         self.grid_mask = None if grid_mask is None else BatchGridMask(**grid_mask)
 
