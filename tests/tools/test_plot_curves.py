@@ -1,5 +1,6 @@
 """tools/analysis/plot_curves.py: validation metrics placed at the last training iteration of
-their epoch, a markdown row per validation, a PNG, clear errors."""
+their epoch (or at their step, iteration-based), seeds of a label averaged, the first iteration
+reaching a value, a markdown row per validation, a PNG, clear errors."""
 import json
 
 import pytest
@@ -27,8 +28,8 @@ def test_metrics_against_iterations(tmp_path, capsys):
     b = write_run(tmp_path / 'b', 30, [0.05, 0.3, 0.35])
     out = tmp_path / 'c.png'
     runs = curves.main([str(a), str(b), '--labels', 'tokens', 'learned', '--out', str(out)])
-    assert runs['tokens']['NuScenes/NDS'] == [(20, 0.1), (40, 0.2)]
-    assert runs['learned']['NuScenes/mAP'] == [(30, 0.025), (60, 0.15), (90, 0.175)]
+    assert runs['tokens']['NuScenes/NDS'] == [(20, 0.1, 0.0, 1), (40, 0.2, 0.0, 1)]
+    assert runs['learned']['NuScenes/mAP'] == [(30, 0.025, 0.0, 1), (60, 0.15, 0.0, 1), (90, 0.175, 0.0, 1)]
     table = capsys.readouterr().out.splitlines()
     assert table[0].startswith('| iteration | tokens NuScenes/NDS') and len(table) == 2 + 5  # 20 30 40 60 90
     assert '| 40 | 0.2000 | 0.1000 |  |  |' in table
@@ -53,3 +54,38 @@ def test_clear_errors(tmp_path):
         curves.read_curves(path, ['NuScenes/NDS'])
     with pytest.raises(SystemExit):
         curves.parse_args(['a', 'b', '--labels', 'one'])
+
+
+def write_iter_run(root, interval, miou):
+    vis = root / '20260101_000000' / 'vis_data'
+    vis.mkdir(parents=True)
+    lines = []
+    for k, value in enumerate(miou, 1):
+        lines += [dict(lr=1e-3, loss=1.0, iter=it, step=it) for it in range((k - 1) * interval + 10, k * interval + 1, 10)]
+        lines.append({'seg/mIoU': value, 'step': k * interval})
+    (vis / 'scalars.json').write_text('\n'.join(json.dumps(x) for x in lines) + '\n')
+    return root
+
+
+def test_seeds_of_a_label_are_averaged_and_reach_is_the_first_mean_above(tmp_path, capsys):
+    dirs = [write_iter_run(tmp_path / n, 50, v) for n, v in
+            (('t0', [10, 40, 60]), ('t1', [20, 50, 62]), ('l0', [5, 30, 70]), ('l1', [5, 40, 70]))]
+    runs = curves.main([str(d) for d in dirs] + ['--labels', 'tokens', 'tokens', 'learned', 'learned',
+                                                  '--key', 'seg/mIoU', '--reach', '45', '--out', str(tmp_path / 'c.png')])
+    assert runs['tokens']['seg/mIoU'] == [(50, 15.0, 5.0, 2), (100, 45.0, 5.0, 2), (150, 61.0, 1.0, 2)]
+    assert runs['learned']['seg/mIoU'] == [(50, 5.0, 0.0, 2), (100, 35.0, 5.0, 2), (150, 70.0, 0.0, 2)]
+    out = capsys.readouterr().out
+    assert '| 100 | 45.0000 ± 5.0000 | 35.0000 ± 5.0000 |' in out
+    assert '| tokens | 100 |' in out and '| learned | 150 |' in out
+    assert curves.first_reach(runs['tokens']['seg/mIoU'], 99) is None
+
+
+def test_seeds_must_share_iterations_and_iteration_runs_need_iteration_steps(tmp_path):
+    with pytest.raises(ValueError, match='same iterations'):
+        curves.aggregate([[(10, 1.0), (20, 2.0)], [(10, 1.0)]], 'tokens seg/mIoU')
+    root = write_iter_run(tmp_path / 'r', 50, [10])
+    path = curves.find_scalars(str(root))
+    with open(path, 'a') as f:  # mmengine's default LoggerHook logs an iteration-based validation at step 0
+        f.write(json.dumps({'seg/mIoU': 3.0, 'step': 0}) + '\n')
+    with pytest.raises(ValueError, match='log_metric_by_epoch=False'):
+        curves.read_curves(path, ['seg/mIoU'])

@@ -3,18 +3,24 @@
     python tools/analysis/plot_curves.py work_dirs/long_sf work_dirs/long_learned \
         --labels "spatial tokens" "learned queries" --key NuScenes/NDS NuScenes/mAP --out curves.png
 
-Reads each work dir's newest ``<timestamp>/vis_data/scalars.json`` (mmengine's LocalVisBackend):
-training lines carry ``epoch`` and ``iter``; validation lines carry the metrics with ``step`` =
-the epoch they followed (epoch-based loops), which becomes the last training iteration of that
-epoch. Prints a markdown table (one row per validation, one column per run and key) and saves
-one panel per key as a PNG.
+Runs given the same label are seeds of one setting: the table and the plot show their mean ± std
+at each validation (the runs of a label must validate at the same iterations). ``--reach V`` adds,
+for each key and label, the first validation iteration at which the mean reaches ``V``.
+
+Reads each work dir's newest ``<timestamp>/vis_data/scalars.json`` (mmengine's LocalVisBackend).
+Epoch-based loops: training lines carry ``epoch`` and ``iter``, validation lines the metrics with
+``step`` = the epoch they followed, which becomes the last training iteration of that epoch.
+Iteration-based loops (training lines without ``epoch``, e.g. the ADE20K configs, whose logger
+hook sets ``log_metric_by_epoch=False``): ``step`` already is the iteration.
+Prints a markdown table (one row per validation, one column per label and key) and saves one
+panel per key as a PNG (mean line, ± std band).
 """
 import argparse
 import glob
 import json
 import os.path as osp
 import sys
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 
 def find_scalars(work_dir: str) -> str:
@@ -30,6 +36,7 @@ def read_curves(path: str, keys: Sequence[str]) -> Dict[str, List[Tuple[int, flo
     """{key: [(iteration, value), ...]} of the validation lines of one scalars.json."""
     last_iter: Dict[int, int] = {}
     vals = []
+    iter_based = False
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
             try:
@@ -38,45 +45,94 @@ def read_curves(path: str, keys: Sequence[str]) -> Dict[str, List[Tuple[int, flo
                 raise ValueError(f'{path}:{lineno}: not a JSON line ({e})') from None
             if 'iter' in rec and 'epoch' in rec:
                 last_iter[rec['epoch']] = max(last_iter.get(rec['epoch'], 0), rec['iter'])
+            elif 'iter' in rec:
+                iter_based = True
             elif any(k in rec for k in keys):
                 vals.append(rec)
     curves: Dict[str, List[Tuple[int, float]]] = {k: [] for k in keys}
+    if iter_based and last_iter:
+        raise ValueError(f'{path}: training lines with and without an epoch (two runs in one file?)')
     for rec in vals:
-        epoch = rec['step']
-        if epoch not in last_iter:
-            raise ValueError(f'{path}: a validation after epoch {epoch} but no training line of that epoch')
+        step = rec['step']
+        if iter_based and step == 0:
+            raise ValueError(f'{path}: an iteration-based run logged a validation at step 0; set '
+                             "default_hooks.logger.log_metric_by_epoch=False so that step is the iteration")
+        if not iter_based and step not in last_iter:
+            raise ValueError(f'{path}: a validation after epoch {step} but no training line of that epoch')
         for k in keys:
             if k in rec:
-                curves[k].append((last_iter[epoch], float(rec[k])))
+                curves[k].append((step if iter_based else last_iter[step], float(rec[k])))
     missing = [k for k, v in curves.items() if not v]
     if missing:
         raise KeyError(f'{path}: no validation line has {missing}')
     return curves
 
 
-def markdown(runs: Dict[str, Dict[str, List[Tuple[int, float]]]], keys: Sequence[str]) -> str:
-    iters = sorted({i for curves in runs.values() for k in keys for i, _ in curves[k]})
-    cols = [f'{label} {k}' for label in runs for k in keys]
+Curve = List[Tuple[int, float]]  # (iteration, value) per validation
+Stats = List[Tuple[int, float, float, int]]  # (iteration, mean, std, number of runs)
+
+
+def aggregate(curves: Sequence[Curve], what: str = 'runs') -> Stats:
+    """Mean and (population) std over runs at each iteration; the runs must share their iterations."""
+    iters = [tuple(i for i, _ in c) for c in curves]
+    if any(it != iters[0] for it in iters[1:]):
+        raise ValueError(f'{what}: runs with one label must validate at the same iterations, got '
+                         f'{[list(it) for it in iters]}')
+    stats = []
+    for j, it in enumerate(iters[0]):
+        vals = [c[j][1] for c in curves]
+        mean = sum(vals) / len(vals)
+        std = (sum((v - mean) ** 2 for v in vals) / len(vals)) ** 0.5
+        stats.append((it, mean, std, len(vals)))
+    return stats
+
+
+def first_reach(stats: Stats, value: float) -> Optional[int]:
+    """The first iteration whose mean is >= ``value`` (None if never)."""
+    return next((it for it, mean, _, _ in stats if mean >= value), None)
+
+
+def _cell(mean: float, std: float, n: int) -> str:
+    return f'{mean:.4f}' if n == 1 else f'{mean:.4f} ± {std:.4f}'
+
+
+def markdown(runs: Dict[str, Dict[str, Stats]], keys: Sequence[str]) -> str:
+    iters = sorted({s[0] for stats in runs.values() for k in keys for s in stats[k]})
+    cols = [f'{label} {k}' + (f' (n={stats[k][0][3]})' if stats[k][0][3] > 1 else '')
+            for label, stats in runs.items() for k in keys]
     lines = ['| iteration | ' + ' | '.join(cols) + ' |', '|---' * (len(cols) + 1) + '|']
     for it in iters:
         cells = []
-        for curves in runs.values():
+        for stats in runs.values():
             for k in keys:
-                v = dict(curves[k]).get(it)
-                cells.append('' if v is None else f'{v:.4f}')
+                row = {s[0]: s for s in stats[k]}.get(it)
+                cells.append('' if row is None else _cell(*row[1:]))
         lines.append(f'| {it} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
-def plot(runs: Dict[str, Dict[str, List[Tuple[int, float]]]], keys: Sequence[str], out: str) -> None:
+def reach_table(runs: Dict[str, Dict[str, Stats]], keys: Sequence[str], value: float) -> str:
+    lines = [f'| first iteration with mean >= {value:g} | ' + ' | '.join(keys) + ' |', '|---' * (len(keys) + 1) + '|']
+    for label, stats in runs.items():
+        cells = [str(first_reach(stats[k], value) or 'not reached') for k in keys]
+        lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def plot(runs: Dict[str, Dict[str, Stats]], keys: Sequence[str], out: str, reach: Optional[float] = None) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.8), squeeze=False)
     for ax, k in zip(axes[0], keys):
-        for label, curves in runs.items():
-            xs, ys = zip(*curves[k])
-            ax.plot(xs, ys, marker='o', label=label)
+        for label, stats in runs.items():
+            xs, means, stds, ns = zip(*stats[k])
+            line, = ax.plot(xs, means, marker='o', label=label if ns[0] == 1 else f'{label} (mean of {ns[0]})')
+            if ns[0] > 1:
+                ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                                color=line.get_color(), alpha=0.2)
+        if reach is not None:
+            ax.axhline(reach, color='gray', ls='--', lw=1)
         ax.set_xlabel('training iteration')
         ax.set_ylabel(k)
         ax.grid(alpha=0.3)
@@ -89,8 +145,10 @@ def plot(runs: Dict[str, Dict[str, List[Tuple[int, float]]]], keys: Sequence[str
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Validation metrics of several runs against iterations')
     parser.add_argument('work_dirs', nargs='+', help='mmengine work dirs')
-    parser.add_argument('--labels', nargs='+', help='one label per work dir (default: the folder names)')
+    parser.add_argument('--labels', nargs='+',
+                        help='one label per work dir (default: the folder names); runs sharing a label are averaged')
     parser.add_argument('--key', nargs='+', default=['NuScenes/NDS', 'NuScenes/mAP'], help='metrics to plot')
+    parser.add_argument('--reach', type=float, help='also print the first iteration each label reaches this value')
     parser.add_argument('--out', default='curves.png', help='PNG to write')
     args = parser.parse_args(argv)
     if args.labels is not None and len(args.labels) != len(args.work_dirs):
@@ -98,12 +156,20 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> Dict[str, Dict[str, List[Tuple[int, float]]]]:
+def main(argv=None) -> Dict[str, Dict[str, Stats]]:
+    """-> {label: {key: [(iteration, mean, std, n), ...]}}, labels in first-seen order."""
     args = parse_args(argv)
     labels = args.labels or [osp.basename(osp.normpath(d)) for d in args.work_dirs]
-    runs = {label: read_curves(find_scalars(d), args.key) for label, d in zip(labels, args.work_dirs)}
+    grouped: Dict[str, List[Dict[str, Curve]]] = {}
+    for label, d in zip(labels, args.work_dirs):
+        grouped.setdefault(label, []).append(read_curves(find_scalars(d), args.key))
+    runs = {label: {k: aggregate([c[k] for c in curves], f'{label} {k}') for k in args.key}
+            for label, curves in grouped.items()}
     print(markdown(runs, args.key))
-    plot(runs, args.key, args.out)
+    if args.reach is not None:
+        print()
+        print(reach_table(runs, args.key, args.reach))
+    plot(runs, args.key, args.out, args.reach)
     print(f'saved {args.out}', file=sys.stderr)
     return runs
 

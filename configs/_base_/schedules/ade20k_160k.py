@@ -22,7 +22,7 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=va
 val_cfg = dict()
 test_cfg = dict()
 default_hooks = dict(
-    logger=dict(interval=50),
+    logger=dict(interval=50, log_metric_by_epoch=False),  # validation scalars at step = iteration
     checkpoint=dict(by_epoch=False, interval=val_interval, max_keep_ckpts=2, save_best='seg/mIoU', rule='greater'),
 )
 log_processor = dict(by_epoch=False)
