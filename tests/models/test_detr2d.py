@@ -163,6 +163,100 @@ def test_memory_mask_ignores_the_padding():
     torch.testing.assert_close(a['all_bbox_preds'], b['all_bbox_preds'])
 
 
+# ---------------------------------------------------------------- denoising queries
+def _dn_head(**kwargs):
+    torch.manual_seed(0)
+    kw = dict(num_classes=3, embed_dims=32, num_decoder_layers=2, num_heads=4, ffn_dims=64, dropout=0.0, dn_groups=3)
+    return DETR2DHead(**dict(kw, **kwargs))
+
+
+GT_BOXES = [torch.tensor([[0.3, 0.4, 0.2, 0.1], [0.7, 0.6, 0.3, 0.4]]), torch.zeros(0, 4),
+            torch.tensor([[0.5, 0.5, 0.4, 0.2]])]
+GT_LABELS = [torch.tensor([2, 0]), torch.zeros(0, dtype=torch.long), torch.tensor([1])]
+
+
+def test_denoising_queries_are_noised_copies_of_the_gt_per_group():
+    head = _dn_head(dn_box_noise=0.4, dn_label_noise=0.0)
+    dn = head.denoising_queries(GT_BOXES, GT_LABELS)
+    assert dn['per_group'] == 2 and dn['query'].shape == (3, 6, 32) and dn['ref'].shape == (3, 6, 4)
+    assert dn['valid'].tolist() == [[True, True] * 3, [False, False] * 3, [True, False] * 3]
+    for b in (0, 2):
+        for g in range(3):
+            n = len(GT_LABELS[b])
+            gt, ref = GT_BOXES[b], dn['ref'][b, 2 * g:2 * g + n]
+            torch.testing.assert_close(dn['boxes'][b, 2 * g:2 * g + n], gt)
+            assert dn['labels'][b, 2 * g:2 * g + n].tolist() == GT_LABELS[b].tolist()
+            assert ((ref[:, :2] - gt[:, :2]).abs() <= 0.2 * gt[:, 2:] + 1e-6).all()  # centre within lambda / 2
+            assert ((ref[:, 2:] / gt[:, 2:] - 1).abs() <= 0.4 + 1e-6).all()  # size within 1 +- lambda
+            torch.testing.assert_close(dn['query'][b, 2 * g:2 * g + n], head.label_embed(GT_LABELS[b]))
+    assert not torch.equal(dn['ref'][0, :2], dn['ref'][0, 2:4])  # groups get their own noise
+    exact = _dn_head(dn_box_noise=0.0).denoising_queries(GT_BOXES, GT_LABELS)
+    torch.testing.assert_close(exact['ref'][0, :2], GT_BOXES[0])
+    flipped = _dn_head(dn_label_noise=1.0, num_classes=50).denoising_queries(GT_BOXES, GT_LABELS)
+    assert flipped['labels'][0, :2].tolist() == [2, 0]  # targets keep the GT label
+    assert not torch.equal(flipped['query'][0, :2], _dn_head(num_classes=50).label_embed(GT_LABELS[0]))
+    assert _dn_head(dn_groups=0).denoising_queries(GT_BOXES, GT_LABELS) is None
+    assert head.denoising_queries([torch.zeros(0, 4)], [torch.zeros(0, dtype=torch.long)]) is None
+    with pytest.raises(ValueError, match='dn_label_noise'):
+        _dn_head(dn_label_noise=1.5)
+
+
+def test_matching_queries_do_not_see_the_denoising_queries():
+    """The matching outputs are the same with and without DN queries in the batch (no leak of the GT),
+    and a DN group's outputs do not depend on the other groups."""
+    head = _dn_head().eval()
+    strides, img_shapes = (8, 16, 32), torch.tensor([[64.0, 96.0]] * 3)
+    feats = [torch.randn(3, 32, 64 // s, 96 // s) for s in strides]
+    query, ref = torch.randn(3, 5, 32), torch.rand(3, 5, 4) * 0.5 + 0.25
+    dn = head.denoising_queries(GT_BOXES, GT_LABELS)
+    with torch.no_grad():
+        plain = head(query, ref, feats, strides, img_shapes)
+        with_dn = head(query, ref, feats, strides, img_shapes, dn=dn)
+        other = dict(dn, ref=dn['ref'].clone(), query=dn['query'].clone())
+        other['ref'][:, 2:], other['query'][:, 2:] = 0.5, 0.0  # change groups 1 and 2
+        changed = head(query, ref, feats, strides, img_shapes, dn=other)
+    torch.testing.assert_close(with_dn['all_cls_scores'], plain['all_cls_scores'])
+    torch.testing.assert_close(with_dn['all_bbox_preds'], plain['all_bbox_preds'])
+    assert with_dn['dn_cls_scores'].shape == (2, 3, 6, 3) and with_dn['dn_bbox_preds'].shape == (2, 3, 6, 4)
+    torch.testing.assert_close(changed['dn_bbox_preds'][:, :, :2], with_dn['dn_bbox_preds'][:, :, :2])
+    mask = head._self_attention_mask(dn, 5)[0, 0]  # image 0, (6 + 5, 6 + 5)
+    assert not mask[6:, :6].any() and mask[6:, 6:].all() and mask[:6, 6:].all()
+    assert mask[:2, :2].all() and not mask[:2, 2:6].any()
+
+
+@pytest.mark.parametrize('shift', [0.0, 0.1])
+def test_denoising_losses_on_a_hand_made_case(shift):
+    head = _dn_head(num_classes=2, dn_groups=2)
+    dn = dict(boxes=torch.tensor([[[0.5, 0.5, 0.2, 0.4], [0.5, 0.5, 0.5, 0.5]] * 2]),
+              labels=torch.tensor([[1, 0] * 2]), valid=torch.tensor([[True, False] * 2]), per_group=2)
+    pred = torch.tensor([[[0.5 + shift, 0.5, 0.2, 0.4], [0.1, 0.1, 0.1, 0.1]] * 2])  # (B, P, 4); slot 1 is padding
+    logits = np.array([[-4.0, 4.0], [3.0, 3.0]] * 2)
+    outputs = dict(all_cls_scores=torch.zeros(1, 1, 3, 2), all_bbox_preds=torch.full((1, 1, 3, 4), 0.5), dn=dn,
+                   dn_cls_scores=torch.tensor(logits, dtype=torch.float32)[None, None],
+                   dn_bbox_preds=pred[None])
+    losses = head.loss(outputs, [dn['boxes'][0, :1]], [dn['labels'][0, :1]])
+    assert {'loss_dn_cls', 'loss_dn_bbox', 'loss_dn_giou'} <= set(losses)
+    onehot = np.array([[0.0, 1.0]])
+    expected_cls = 2.0 * 2 * _focal_sum(logits[:1], onehot) / (1 * 2)  # two groups, one GT
+    expected_l1, expected_giou = (0.0, 0.0) if shift == 0 else (5.0 * 0.1, 2.0 * (1 - 1 / 3))
+    assert losses['loss_dn_cls'].item() == pytest.approx(expected_cls, rel=1e-5)
+    assert losses['loss_dn_bbox'].item() == pytest.approx(expected_l1, abs=1e-6)
+    assert losses['loss_dn_giou'].item() == pytest.approx(expected_giou, abs=1e-6)
+
+
+def test_detector_trains_with_denoising_and_predicts_without():
+    model = _model('spatial_tokens', head=dict(dn_groups=2))
+    x = torch.randn(2, 3, 64, 96)
+    losses = model(x, _samples(), mode='loss')
+    assert {'loss_dn_cls', 'd0.loss_dn_bbox'} <= set(losses)
+    sum(losses.values()).backward()
+    assert model.head.label_embed.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        out = model(x, _samples(), mode='tensor')
+    assert 'dn_cls_scores' not in out and out['all_cls_scores'].shape[2] == 16
+
+
 # ---------------------------------------------------------------- the detector
 @pytest.mark.parametrize('query_mode', ['spatial_tokens', 'learned'])
 def test_outputs_follow_the_contract(query_mode):

@@ -22,7 +22,8 @@ same otherwise:
   final ``spatial_norm`` then gets no gradient: DDP needs ``find_unused_parameters=True``.
 
 What differs from DETR / Deformable DETR: plain multi-head cross-attention (no deformable or other
-compiled ops), no encoder by default, and the number of queries is the number of spatial tokens
+compiled ops) with a Gaussian prior around each reference box (SMCA, see :mod:`detr2d_head`), no
+encoder by default, and the number of queries is the number of spatial tokens
 (pick the backbone's ``spatial_grid`` for the count, e.g. 10 x 10 = 100, DETR's).
 
 Data contract (``sf3d.image_collate`` + ``ImageDataPreprocessor``): ``inputs`` (B, 3, Hp, Wp)
@@ -184,12 +185,13 @@ class DETR2D(BaseModel):
             ref = (inverse_sigmoid(cells) + self.token_ref(tokens).float()).sigmoid()  # (B, M, 4)
         return self.query_proj(tokens), ref
 
-    def forward_outputs(self, inputs: Tensor, img_shapes: Tensor) -> dict:
-        """Backbone, FPN, queries, head -> :meth:`DETR2DHead.forward`'s dict + ``init_boxes`` (B, Q, 4)."""
+    def forward_outputs(self, inputs: Tensor, img_shapes: Tensor, dn: Optional[dict] = None) -> dict:
+        """Backbone, FPN, queries, head -> :meth:`DETR2DHead.forward`'s dict + ``init_boxes`` (B, Q, 4);
+        ``dn``: the head's denoising queries (training only)."""
         out = self.backbone(inputs)
         feats = self.neck(out['features'])  # L x (B, C, h_l, w_l)
         query, ref = self.initial_queries(out.get('spatial_tokens'), img_shapes, inputs.shape[-2:])
-        outputs = self.head(query, ref, feats, self.feat_strides, img_shapes)
+        outputs = self.head(query, ref, feats, self.feat_strides, img_shapes, dn=dn)
         outputs['init_boxes'] = ref
         return outputs
 
@@ -205,7 +207,8 @@ class DETR2D(BaseModel):
             mode: ``'loss'``, ``'predict'`` or ``'tensor'``.
         Returns:
             ``'loss'``: :meth:`DETR2DHead.loss`'s dict (``loss_cls``, ``loss_bbox``, ``loss_giou`` and
-            ``d{i}.`` versions). ``'predict'``: B dicts ``img_id`` (or None), ``bboxes`` (k, 4) xyxy
+            ``d{i}.`` versions; ``loss_dn_*`` too when the head has ``dn_groups``: denoising queries
+            made from the batch's GT run beside the object queries, masked from them). ``'predict'``: B dicts ``img_id`` (or None), ``bboxes`` (k, 4) xyxy
             float in ORIGINAL pixels, ``scores`` (k,), ``labels`` (k,) int64, k = min(100, Q * K).
             ``'tensor'``: ``all_cls_scores`` (D, B, Q, K) logits, ``all_bbox_preds`` (D, B, Q, 4) and
             ``init_boxes`` (B, Q, 4), boxes normalised cxcywh.
@@ -217,11 +220,13 @@ class DETR2D(BaseModel):
                              f'{tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__}')
         B = inputs.shape[0]
         img_shapes = self._img_shapes(data_samples, B, tuple(inputs.shape[-2:]), mode, inputs.device)
+        if mode == 'loss':
+            boxes, labels = self._targets(data_samples, img_shapes, inputs.device)
+            outputs = self.forward_outputs(inputs, img_shapes, self.head.denoising_queries(boxes, labels))
+            return self.head.loss(outputs, boxes, labels)
         outputs = self.forward_outputs(inputs, img_shapes)
         if mode == 'tensor':
             return outputs
-        if mode == 'loss':
-            return self.loss(outputs, data_samples, img_shapes)
         return self.predict(outputs, data_samples)
 
     def _img_shapes(self, data_samples: Optional[dict], B: int, pad_shape: tuple[int, int], mode: str,
@@ -238,12 +243,12 @@ class DETR2D(BaseModel):
                              f'input {pad_shape}, got {data_samples["img_shape"]}')
         return shapes
 
-    def loss(self, outputs: dict, data_samples: dict, img_shapes: Tensor) -> dict:
-        """Head losses against ``gt_bboxes`` (xyxy pixels of ``img_shape``) and ``gt_labels``."""
+    def _targets(self, data_samples: dict, img_shapes: Tensor, device: torch.device) -> tuple[list, list]:
+        """``gt_bboxes`` (xyxy pixels of ``img_shape``) and ``gt_labels``, checked -> B (G, 4) normalised
+        cxcywh boxes and B (G,) int64 labels."""
         missing = [k for k in ('gt_bboxes', 'gt_labels') if k not in data_samples]
         if missing:
             raise KeyError(f"DETR2D: mode 'loss' needs data_samples keys {missing} (Pack2DInputs)")
-        device = outputs['all_cls_scores'].device
         B = img_shapes.shape[0]
         if len(data_samples['gt_bboxes']) != B or len(data_samples['gt_labels']) != B:
             raise ValueError(f"DETR2D: {B} images but {len(data_samples['gt_bboxes'])} gt_bboxes and "
@@ -265,7 +270,7 @@ class DETR2D(BaseModel):
             h, w = hw.tolist()
             boxes.append(box_convert(b / b.new_tensor([w, h, w, h]), 'xyxy', 'cxcywh'))  # (G, 4) normalised
             labels.append(lab)
-        return self.head.loss(outputs, boxes, labels)
+        return boxes, labels
 
     def predict(self, outputs: dict, data_samples: dict) -> list[dict]:
         """Top-k detections of the last layer in ORIGINAL image pixels (see :meth:`forward`)."""

@@ -8,18 +8,19 @@ weights on the losses, a loss at every decoder layer. As in DAB-DETR (Liu et al.
 query carries a reference BOX; its positional query is an MLP of the box's sine code, recomputed
 at each layer from the refined box, and each layer predicts a delta in inverse-sigmoid space.
 
-What differs from those: no deformable attention or other compiled ops. The memory is the
-flattened FPN levels with a fixed sin-cos position (the SAME normalised-coordinate basis the
-SpatialFormer spatial tokens use, :func:`sf3d.models.layers.sincos_2d`) plus a learned level
-embedding, and cross-attention is plain multi-head attention (SDPA) over all of it, with the
-padded pixels masked out. The encoder is optional (``num_encoder_layers=0`` by default: the
-backbone already is a transformer, and global self-attention over every FPN pixel is
-quadratic in the image size).
+Cross-attention is Deformable DETR's multi-scale deformable attention around the reference box
+(:class:`sf3d.models.layers.BoxDeformableAttention`, plain PyTorch ``grid_sample``: no compiled
+ops); global attention over every FPN pixel learns to localise far too slowly for a small
+training budget. Training may add DN-DETR's denoising queries (``dn_groups``). The memory is the
+flattened FPN levels; the optional encoder (``num_encoder_layers=0`` by default: the backbone
+already is a transformer) is global self-attention over it, with a fixed sin-cos position (the
+SAME normalised-coordinate basis the SpatialFormer spatial tokens use,
+:func:`sf3d.models.layers.sincos_2d`) plus a learned level embedding and the padded pixels masked.
 
 Coordinates: boxes are (cx, cy, w, h) normalised by each image's ``img_shape`` (the resized image
-before padding; DETR's convention, so the loss does not depend on how much a batch pads), and
-the memory positions use that same normalisation; positions in the padding lie beyond 1 and are
-masked.
+before padding; DETR's convention, so the loss does not depend on how much a batch pads); the
+sampling maps them onto each padded level map, and the memory pixels that start in the padding
+hold zero values.
 
 Axis names: B batch, Q queries, C channels, L FPN levels, N memory tokens (all levels), D decoder
 layers, K classes, G ground-truth boxes.
@@ -43,7 +44,7 @@ from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
 from sf3d.models.heads.assigner import focal_cost
 from sf3d.models.heads.box_coder import inverse_sigmoid
-from sf3d.models.layers import Attention, Mlp, sincos_2d
+from sf3d.models.layers import Attention, BoxDeformableAttention, Mlp, sincos_2d
 
 __all__ = ['HungarianMatcher2D', 'DETR2DEncoderLayer', 'DETR2DDecoderLayer', 'DETR2DHead',
            'box_sine_embed', 'memory_positions']
@@ -144,27 +145,32 @@ class DETR2DEncoderLayer(nn.Module):
 
 
 class DETR2DDecoderLayer(nn.Module):
-    """Post-norm decoder layer: self-attention over queries -> cross-attention to the memory -> FFN.
+    """Post-norm decoder layer: self-attention over queries -> deformable cross-attention around each
+    reference box (:class:`BoxDeformableAttention`) -> FFN.
 
-    ``forward(query (B, Q, C), query_pos (B, Q, C), memory (B, N, C), memory_pos (B, N, C),
-    memory_valid (B, N))`` -> (B, Q, C). Positions are added to queries and keys, not values.
+    ``forward(query (B, Q, C), query_pos (B, Q, C), ref_boxes (B, Q, 4), memory (B, N, C), valid (B, N),
+    shapes [(h_l, w_l)], scales (B, L, 2), self_mask (B, 1, Q, Q) bool or None)`` -> (B, Q, C). The
+    position is added to the query of both attentions, not to values; ``self_mask`` (True: may
+    attend) keeps denoising groups apart (:meth:`DETR2DHead.denoising_queries`).
     """
 
-    def __init__(self, *, embed_dims: int = 256, num_heads: int = 8, ffn_dims: int = 1024, dropout: float = 0.1):
+    def __init__(self, *, embed_dims: int = 256, num_heads: int = 8, ffn_dims: int = 1024, dropout: float = 0.1,
+                 num_levels: int = 3, num_points: int = 4):
         super().__init__()
         self.self_attn = Attention(embed_dims, num_heads, attn_drop=dropout, proj_drop=dropout)
         self.norm1 = nn.LayerNorm(embed_dims)
-        self.cross_attn = Attention(embed_dims, num_heads, attn_drop=dropout, proj_drop=dropout)
+        self.cross_attn = BoxDeformableAttention(embed_dims, num_heads, num_levels, num_points)
+        self.cross_drop = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(embed_dims)
         self.ffn = Mlp(embed_dims, ffn_dims, act_layer=nn.ReLU, drop=dropout)
         self.norm3 = nn.LayerNorm(embed_dims)
 
-    def forward(self, query: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor,
-                memory_valid: Tensor) -> Tensor:
+    def forward(self, query: Tensor, query_pos: Tensor, ref_boxes: Tensor, memory: Tensor, valid: Tensor,
+                shapes: Sequence[tuple[int, int]], scales: Tensor, self_mask: Tensor | None = None) -> Tensor:
         qk = query + query_pos
-        x = self.norm1(query + self.self_attn(qk, qk, query))  # (B, Q, C)
-        x = self.norm2(x + self.cross_attn(x + query_pos, memory + memory_pos, memory,
-                                                   attn_mask=_key_mask(memory_valid)))  # (B, Q, C)
+        x = self.norm1(query + self.self_attn(qk, qk, query, attn_mask=self_mask))  # (B, Q, C)
+        attended = self.cross_attn(x + query_pos, ref_boxes, memory, valid, shapes, scales)  # (B, Q, C)
+        x = self.norm2(x + self.cross_drop(attended))  # (B, Q, C)
         return self.norm3(x + self.ffn(x))  # (B, Q, C)
 
 
@@ -204,28 +210,40 @@ class DETR2DHead(nn.Module):
         num_levels: L FPN levels in the memory.
         cls_weight, l1_weight, giou_weight: loss AND matching-cost weights (2, 5, 2).
         alpha, gamma: focal loss parameters (0.25, 2).
+        num_points: sampling points per head and level of the deformable cross-attention (4).
+        dn_groups: denoising groups in training (DN-DETR; 0 = none): :meth:`denoising_queries`.
+        dn_box_noise: box noise scale lambda (centre moved up to lambda / 2 of the size, each size
+            scaled by up to 1 +- lambda); dn_label_noise: probability that a group's label is replaced
+            by a random class.
         max_per_img: detections kept by :meth:`predict` (top-k over queries x classes, 100).
     """
 
     def __init__(self, *, num_classes: int, embed_dims: int = 256, num_heads: int = 8, ffn_dims: int = 1024,
                  dropout: float = 0.1, num_decoder_layers: int = 6, num_encoder_layers: int = 0,
                  num_levels: int = 3, cls_weight: float = 2.0, l1_weight: float = 5.0, giou_weight: float = 2.0,
-                 alpha: float = 0.25, gamma: float = 2.0, max_per_img: int = 100):
+                 alpha: float = 0.25, gamma: float = 2.0, num_points: int = 4, dn_groups: int = 0,
+                 dn_box_noise: float = 0.4, dn_label_noise: float = 0.2, max_per_img: int = 100):
         super().__init__()
         if num_classes < 1 or num_decoder_layers < 1 or num_encoder_layers < 0 or num_levels < 1:
             raise ValueError(f'DETR2DHead: need num_classes, num_decoder_layers, num_levels >= 1 and '
                              f'num_encoder_layers >= 0, got {num_classes}, {num_decoder_layers}, {num_levels}, '
                              f'{num_encoder_layers}')
+        if dn_groups < 0 or dn_box_noise < 0 or not 0 <= dn_label_noise <= 1:
+            raise ValueError(f'DETR2DHead: need dn_groups >= 0, dn_box_noise >= 0 and dn_label_noise in [0, 1], got '
+                             f'{dn_groups}, {dn_box_noise}, {dn_label_noise}')
         if embed_dims % 4:
             raise ValueError(f'DETR2DHead: embed_dims must be a multiple of 4 (sin-cos positions), got {embed_dims}')
         self.num_classes, self.embed_dims, self.num_levels = num_classes, embed_dims, num_levels
         self.cls_weight, self.l1_weight, self.giou_weight = cls_weight, l1_weight, giou_weight
         self.alpha, self.gamma, self.max_per_img = alpha, gamma, max_per_img
+        self.dn_groups, self.dn_box_noise, self.dn_label_noise = dn_groups, dn_box_noise, dn_label_noise
+        self.label_embed = nn.Embedding(num_classes, embed_dims) if dn_groups else None  # content of DN queries
         layer_kw = dict(embed_dims=embed_dims, num_heads=num_heads, ffn_dims=ffn_dims, dropout=dropout)
         self.level_embed = nn.Parameter(torch.zeros(num_levels, embed_dims))  # (L, C)
         nn.init.normal_(self.level_embed)
         self.encoder = nn.ModuleList(DETR2DEncoderLayer(**layer_kw) for _ in range(num_encoder_layers))
-        self.decoder = nn.ModuleList(DETR2DDecoderLayer(**layer_kw) for _ in range(num_decoder_layers))
+        self.decoder = nn.ModuleList(DETR2DDecoderLayer(**layer_kw, num_levels=num_levels, num_points=num_points)
+                                     for _ in range(num_decoder_layers))
         # box sine code -> positional query (DAB-DETR), shared by the layers
         self.ref_pos_mlp = Mlp(2 * embed_dims, embed_dims, embed_dims, act_layer=nn.ReLU)
         self.cls_branches = nn.ModuleList(_cls_branch(embed_dims, num_classes) for _ in range(num_decoder_layers))
@@ -235,8 +253,8 @@ class DETR2DHead(nn.Module):
                                           alpha=alpha, gamma=gamma)
 
     def memory(self, feats: Sequence[Tensor], strides: Sequence[int], img_shapes: Tensor) -> tuple[Tensor, ...]:
-        """FPN levels [L x (B, C, h_l, w_l)] -> memory (B, N, C), memory_pos (B, N, C), valid (B, N),
-        after the optional encoder."""
+        """FPN levels [L x (B, C, h_l, w_l)] -> memory (B, N, C) after the optional encoder and valid
+        (B, N) (False at pixels in the padding, :func:`memory_positions`)."""
         if len(feats) != self.num_levels or len(strides) != self.num_levels:
             raise ValueError(f'DETR2DHead: built for {self.num_levels} levels, got {len(feats)} feature maps '
                              f'and {len(strides)} strides')
@@ -247,14 +265,69 @@ class DETR2DHead(nn.Module):
         pos = pos.to(memory.dtype) + level  # (B, N, C)
         for layer in self.encoder:
             memory = layer(memory, pos, valid)  # (B, N, C)
-        return memory, pos, valid
+        return memory, valid
+
+    def denoising_queries(self, gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor]) -> dict | None:
+        """Denoising queries for one training batch (DN-DETR, Li et al., CVPR 2022), or None
+        (``dn_groups == 0``, or no GT box in the batch).
+
+        Each of the ``dn_groups`` groups holds one query per GT slot (G = the batch's largest GT
+        count; slots past an image's own count are padding): its reference box is the GT box with
+        noise, its content ``label_embed`` of the GT label (replaced by a random class with
+        probability ``dn_label_noise``). The decoder learns to reconstruct the GT from them, a
+        matching-free signal that speeds up training; they never reach :meth:`predict`.
+
+        Args:
+            gt_boxes: B (G_b, 4) normalised cxcywh; gt_labels: B (G_b,) int64.
+        Returns:
+            dict(query (B, P, C) content, ref (B, P, 4) noised boxes, boxes (B, P, 4) and labels (B, P)
+            targets, valid (B, P) bool (False on padding), per_group G), P = dn_groups * G, query
+            ``g * G + j`` holding GT slot j.
+        """
+        G = max((len(lab) for lab in gt_labels), default=0)
+        if not self.dn_groups or G == 0:
+            return None
+        B, device = len(gt_labels), self.label_embed.weight.device
+        boxes = torch.full((B, G, 4), 0.5, device=device)  # padding: a harmless box, never in a loss
+        labels = torch.zeros(B, G, dtype=torch.long, device=device)
+        valid = torch.zeros(B, G, dtype=torch.bool, device=device)
+        for b, (box, lab) in enumerate(zip(gt_boxes, gt_labels)):
+            boxes[b, :len(lab)], labels[b, :len(lab)], valid[b, :len(lab)] = box.float(), lab, True
+        boxes = boxes.repeat(1, self.dn_groups, 1)  # (B, P, 4)
+        labels, valid = labels.repeat(1, self.dn_groups), valid.repeat(1, self.dn_groups)  # (B, P) each
+        wh = boxes[..., 2:]  # (B, P, 2)
+        lam = self.dn_box_noise
+        centre = boxes[..., :2] + (torch.rand_like(wh) * 2 - 1) * wh * lam / 2
+        size = wh * (1 + (torch.rand_like(wh) * 2 - 1) * lam)
+        ref = torch.cat([centre, size], -1).clamp(1e-3, 1 - 1e-3)  # (B, P, 4)
+        flip = torch.rand(labels.shape, device=device) < self.dn_label_noise
+        noisy = torch.where(flip, torch.randint_like(labels, self.num_classes), labels)
+        query = self.label_embed(noisy)  # (B, P, C): learned, the only tensor here with a gradient
+        return dict(query=query, ref=ref, boxes=boxes, labels=labels, valid=valid, per_group=G)
+
+    def _self_attention_mask(self, dn: dict, num_queries: int) -> Tensor:
+        """(B, 1, P + Q, P + Q) bool, True where a row may attend to a column; order [DN groups, matching].
+
+        Matching queries see only matching queries (they must not learn from the GT the DN queries
+        carry); a DN query sees its own group's valid slots and the matching queries."""
+        valid = dn['valid']  # (B, P)
+        B, P = valid.shape
+        G, Q = dn['per_group'], num_queries
+        group = torch.arange(P, device=valid.device) // G  # (P,)
+        mask = torch.zeros(B, P + Q, P + Q, dtype=torch.bool, device=valid.device)
+        mask[:, P:, P:] = True
+        mask[:, :P, P:] = True
+        mask[:, :P, :P] = (group[:, None] == group[None, :]) & valid[:, None, :]  # (B, P, P)
+        return mask[:, None]  # (B, 1, P + Q, P + Q)
 
     def forward(self, query: Tensor, ref_boxes: Tensor, feats: Sequence[Tensor], strides: Sequence[int],
-                img_shapes: Tensor) -> dict:
+                img_shapes: Tensor, dn: dict | None = None) -> dict:
         """query (B, Q, C) content; ref_boxes (B, Q, 4) initial reference boxes, normalised cxcywh in
-        (0, 1); feats [L x (B, C, h_l, w_l)] at ``strides``; img_shapes (B, 2) (h, w) before padding.
+        (0, 1); feats [L x (B, C, h_l, w_l)] at ``strides``; img_shapes (B, 2) (h, w) before padding;
+        dn: :meth:`denoising_queries`' dict (training) or None.
 
-        Returns dict(all_cls_scores (D, B, Q, K) logits, all_bbox_preds (D, B, Q, 4) normalised cxcywh).
+        Returns dict(all_cls_scores (D, B, Q, K) logits, all_bbox_preds (D, B, Q, 4) normalised cxcywh)
+        and, with ``dn``, ``dn_cls_scores`` (D, B, P, K), ``dn_bbox_preds`` (D, B, P, 4) and ``dn``.
         Layer d refines its reference box r: ``box_d = sigmoid(delta_d + logit(r))``; ``box_d``,
         detached, is layer d + 1's reference (the initial boxes are not detached, so whatever
         produced them learns through layer 0).
@@ -262,17 +335,29 @@ class DETR2DHead(nn.Module):
         if query.dim() != 3 or query.shape[-1] != self.embed_dims or ref_boxes.shape != query.shape[:2] + (4,):
             raise ValueError(f'DETR2DHead: query must be (B, Q, {self.embed_dims}) and ref_boxes (B, Q, 4), got '
                              f'{tuple(query.shape)} and {tuple(ref_boxes.shape)}')
-        memory, memory_pos, valid = self.memory(feats, strides, img_shapes.to(query.device, torch.float32))
+        img_shapes = img_shapes.to(query.device, torch.float32)
+        memory, valid = self.memory(feats, strides, img_shapes)
+        shapes = [tuple(f.shape[-2:]) for f in feats]
+        pad_sizes = torch.tensor([[w * s, h * s] for (h, w), s in zip(shapes, strides)], device=query.device)  # (L, 2)
+        scales = img_shapes.flip(-1)[:, None, :] / pad_sizes  # (B, L, 2) (x, y): image -> padded level map
+        P, self_mask, ref = 0, None, ref_boxes
+        if dn is not None:
+            P, self_mask = dn['ref'].shape[1], self._self_attention_mask(dn, query.shape[1])
+            query = torch.cat([dn['query'].to(query.dtype), query], 1)  # (B, P + Q, C)
+            ref = torch.cat([dn['ref'].to(ref.dtype), ref], 1)  # (B, P + Q, 4)
         all_cls, all_box = [], []
-        ref = ref_boxes
         for layer, cls_branch, reg_branch in zip(self.decoder, self.cls_branches, self.reg_branches):
-            query_pos = self.ref_pos_mlp(box_sine_embed(ref.float(), self.embed_dims).to(query.dtype))  # (B, Q, C)
-            query = layer(query, query_pos, memory, memory_pos, valid)  # (B, Q, C)
-            box = (reg_branch(query).float() + inverse_sigmoid(ref.float())).sigmoid()  # (B, Q, 4)
-            all_cls.append(cls_branch(query))  # (B, Q, K)
+            query_pos = self.ref_pos_mlp(box_sine_embed(ref.float(), self.embed_dims).to(query.dtype))  # (B, P + Q, C)
+            query = layer(query, query_pos, ref, memory, valid, shapes, scales, self_mask)  # (B, P + Q, C)
+            box = (reg_branch(query).float() + inverse_sigmoid(ref.float())).sigmoid()  # (B, P + Q, 4)
+            all_cls.append(cls_branch(query))  # (B, P + Q, K)
             all_box.append(box)
             ref = box.detach()
-        return dict(all_cls_scores=torch.stack(all_cls), all_bbox_preds=torch.stack(all_box))
+        cls, box = torch.stack(all_cls), torch.stack(all_box)  # (D, B, P + Q, K), (D, B, P + Q, 4)
+        out = dict(all_cls_scores=cls[:, :, P:], all_bbox_preds=box[:, :, P:])
+        if dn is not None:
+            out.update(dn_cls_scores=cls[:, :, :P], dn_bbox_preds=box[:, :, :P], dn=dn)
+        return out
 
     # ---------------------------------------------------------------- losses
     def loss(self, outputs: dict, gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor]) -> dict:
@@ -284,6 +369,9 @@ class DETR2DHead(nn.Module):
         Returns:
             ``loss_cls``, ``loss_bbox``, ``loss_giou`` (last layer) and ``d{i}.loss_*`` for the earlier
             layers, each weighted and divided by the number of GT boxes (averaged over ranks, >= 1).
+            With denoising queries in ``outputs`` also ``loss_dn_cls``, ``loss_dn_bbox``,
+            ``loss_dn_giou`` (and ``d{i}.`` versions): the same terms between each valid DN query and
+            the GT it was made from, divided by ``num_gt * dn_groups``.
         """
         all_cls, all_box = outputs['all_cls_scores'], outputs['all_bbox_preds']
         D, B = all_cls.shape[:2]
@@ -308,7 +396,22 @@ class DETR2DHead(nn.Module):
             losses[f'{prefix}loss_cls'] = self.cls_weight * loss_cls / num_gt
             losses[f'{prefix}loss_bbox'] = self.l1_weight * l1 / num_gt
             losses[f'{prefix}loss_giou'] = self.giou_weight * giou / num_gt
+            if 'dn' in outputs:
+                dn_losses = self._dn_loss(outputs['dn_cls_scores'][lid], outputs['dn_bbox_preds'][lid], outputs['dn'])
+                for name, value in dn_losses.items():
+                    losses[f'{prefix}{name}'] = value / (num_gt * self.dn_groups)
         return losses
+
+    def _dn_loss(self, cls: Tensor, boxes: Tensor, dn: dict) -> dict:
+        """Unnormalised weighted DN losses of one layer: cls (B, P, K) logits, boxes (B, P, 4)."""
+        valid = dn['valid']  # (B, P)
+        target = F.one_hot(dn['labels'], self.num_classes).float()  # (B, P, K)
+        loss_cls = sigmoid_focal_loss(cls.float()[valid], target[valid], alpha=self.alpha, gamma=self.gamma,
+                                      reduction='sum')
+        pred, tgt = boxes.float()[valid], dn['boxes'][valid]  # (V, 4) each
+        giou = generalized_box_iou(box_convert(pred, 'cxcywh', 'xyxy'), box_convert(tgt, 'cxcywh', 'xyxy')).diagonal()
+        return dict(loss_dn_cls=self.cls_weight * loss_cls, loss_dn_bbox=self.l1_weight * (pred - tgt).abs().sum(),
+                    loss_dn_giou=self.giou_weight * (1 - giou).sum())
 
     @torch.no_grad()
     def predict(self, outputs: dict) -> list[dict]:
