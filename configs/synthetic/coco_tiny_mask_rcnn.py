@@ -1,7 +1,7 @@
 # Mask R-CNN on the tiny synthetic COCO set (tools/make_synthetic_coco.py: 4 shape classes,
 # 200 train / 50 val images of at most 128 px): configs/coco/mask_rcnn_sf_s_1x.py with a tiny
 # SpatialFormer (random init), anchors halved for the small images, and a CPU-minutes schedule.
-# 200 images / batch 4 = 50 iterations per epoch; 12 epochs = 600 iterations.
+# 192 images with objects (filter_empty_gt) / batch 4 = 48 iterations per epoch; 12 epochs = 576.
 _base_ = ['../coco/mask_rcnn_sf_s_1x.py']
 
 data_root = 'data/coco_synthetic/'
