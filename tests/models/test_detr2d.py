@@ -422,3 +422,16 @@ def test_bad_input_raises_clear_errors():
         model(torch.randn(1, 3, 60, 64), mode='tensor')
     with pytest.raises(ValueError, match="mode must be"):
         model(x, ok, mode='train')
+
+
+@pytest.mark.parametrize('query_mode', ['spatial_tokens', 'learned'])
+def test_every_parameter_gets_a_gradient_except_the_documented_ones(query_mode):
+    """DDP without find_unused_parameters needs a gradient on every parameter (token mode); learned
+    queries leave only the backbone's final spatial-token path unused (their config sets the flag)."""
+    model = _model(query_mode, head=dict(dn_groups=2))
+    sum(model(torch.randn(2, 3, 64, 96), _samples(), mode='loss').values()).backward()
+    unused = sorted(n for n, p in model.named_parameters() if p.grad is None)
+    if query_mode == 'spatial_tokens':
+        assert unused == []
+    else:
+        assert unused and all(n.startswith('backbone.') for n in unused)

@@ -239,8 +239,9 @@ class DETR2DHead(nn.Module):
         self.dn_groups, self.dn_box_noise, self.dn_label_noise = dn_groups, dn_box_noise, dn_label_noise
         self.label_embed = nn.Embedding(num_classes, embed_dims) if dn_groups else None  # content of DN queries
         layer_kw = dict(embed_dims=embed_dims, num_heads=num_heads, ffn_dims=ffn_dims, dropout=dropout)
-        self.level_embed = nn.Parameter(torch.zeros(num_levels, embed_dims))  # (L, C)
-        nn.init.normal_(self.level_embed)
+        # the encoder's level embedding (the decoder samples each level on its own: no parameter left
+        # without a gradient, which DDP would need find_unused_parameters for)
+        self.level_embed = nn.Parameter(torch.randn(num_levels, embed_dims)) if num_encoder_layers else None  # (L, C)
         self.encoder = nn.ModuleList(DETR2DEncoderLayer(**layer_kw) for _ in range(num_encoder_layers))
         self.decoder = nn.ModuleList(DETR2DDecoderLayer(**layer_kw, num_levels=num_levels, num_points=num_points)
                                      for _ in range(num_decoder_layers))
@@ -260,11 +261,12 @@ class DETR2DHead(nn.Module):
                              f'and {len(strides)} strides')
         memory = torch.cat([f.flatten(2).transpose(1, 2) for f in feats], 1)  # (B, N, C)
         pos, valid = memory_positions([tuple(f.shape[-2:]) for f in feats], strides, img_shapes, self.embed_dims)
-        level = torch.cat([self.level_embed[lvl].expand(f.shape[-2] * f.shape[-1], -1)
-                           for lvl, f in enumerate(feats)])  # (N, C)
-        pos = pos.to(memory.dtype) + level  # (B, N, C)
-        for layer in self.encoder:
-            memory = layer(memory, pos, valid)  # (B, N, C)
+        if len(self.encoder):
+            level = torch.cat([self.level_embed[lvl].expand(f.shape[-2] * f.shape[-1], -1)
+                               for lvl, f in enumerate(feats)])  # (N, C)
+            pos = pos.to(memory.dtype) + level  # (B, N, C)
+            for layer in self.encoder:
+                memory = layer(memory, pos, valid)  # (B, N, C)
         return memory, valid
 
     def denoising_queries(self, gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor]) -> dict | None:
