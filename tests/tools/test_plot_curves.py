@@ -71,12 +71,14 @@ def test_seeds_of_a_label_are_averaged_and_reach_is_the_first_mean_above(tmp_pat
     dirs = [write_iter_run(tmp_path / n, 50, v) for n, v in
             (('t0', [10, 40, 60]), ('t1', [20, 50, 62]), ('l0', [5, 30, 70]), ('l1', [5, 40, 70]))]
     runs = curves.main([str(d) for d in dirs] + ['--labels', 'tokens', 'tokens', 'learned', 'learned',
-                                                  '--key', 'seg/mIoU', '--reach', '45', '--out', str(tmp_path / 'c.png')])
+                                                  '--key', 'seg/mIoU', '--reach', '45', '65', '--out', str(tmp_path / 'c.png')])
     assert runs['tokens']['seg/mIoU'] == [(50, 15.0, 5.0, 2), (100, 45.0, 5.0, 2), (150, 61.0, 1.0, 2)]
     assert runs['learned']['seg/mIoU'] == [(50, 5.0, 0.0, 2), (100, 35.0, 5.0, 2), (150, 70.0, 0.0, 2)]
     out = capsys.readouterr().out
     assert '| 100 | 45.0000 ± 5.0000 | 35.0000 ± 5.0000 |' in out
-    assert '| tokens | 100 |' in out and '| learned | 150 |' in out
+    reach45, reach65 = out.split('first iteration with mean >= ')[1:]
+    assert '| tokens | 100 |' in reach45 and '| learned | 150 |' in reach45
+    assert '| tokens | not reached |' in reach65 and '| learned | 150 |' in reach65
     assert curves.first_reach(runs['tokens']['seg/mIoU'], 99) is None
 
 

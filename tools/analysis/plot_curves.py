@@ -4,12 +4,13 @@
         --labels "spatial tokens" "learned queries" --key NuScenes/NDS NuScenes/mAP --out curves.png
 
 Runs given the same label are seeds of one setting: the table and the plot show their mean ± std
-at each validation (the runs of a label must validate at the same iterations). ``--reach V`` adds,
-for each key and label, the first validation iteration at which the mean reaches ``V``.
+at each validation (the runs of a label must validate at the same iterations). ``--reach V [V ...]``
+adds, for each value, key and label, the first validation iteration at which the mean reaches it.
 
 Reads each work dir's newest ``<timestamp>/vis_data/scalars.json`` (mmengine's LocalVisBackend).
 Epoch-based loops: training lines carry ``epoch`` and ``iter``, validation lines the metrics with
-``step`` = the epoch they followed, which becomes the last training iteration of that epoch.
+``step`` = the epoch they followed, which becomes the last LOGGED training iteration of that epoch
+(up to ``logger.interval - 1`` before the epoch's end).
 Iteration-based loops (training lines without ``epoch``, e.g. the ADE20K configs, whose logger
 hook sets ``log_metric_by_epoch=False``): ``step`` already is the iteration.
 Prints a markdown table (one row per validation, one column per label and key) and saves one
@@ -119,7 +120,7 @@ def reach_table(runs: Dict[str, Dict[str, Stats]], keys: Sequence[str], value: f
     return '\n'.join(lines)
 
 
-def plot(runs: Dict[str, Dict[str, Stats]], keys: Sequence[str], out: str, reach: Optional[float] = None) -> None:
+def plot(runs: Dict[str, Dict[str, Stats]], keys: Sequence[str], out: str, reach: Sequence[float] = ()) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -131,8 +132,8 @@ def plot(runs: Dict[str, Dict[str, Stats]], keys: Sequence[str], out: str, reach
             if ns[0] > 1:
                 ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                                 color=line.get_color(), alpha=0.2)
-        if reach is not None:
-            ax.axhline(reach, color='gray', ls='--', lw=1)
+        for value in reach:
+            ax.axhline(value, color='gray', ls='--', lw=1)
         ax.set_xlabel('training iteration')
         ax.set_ylabel(k)
         ax.grid(alpha=0.3)
@@ -148,7 +149,8 @@ def parse_args(argv=None):
     parser.add_argument('--labels', nargs='+',
                         help='one label per work dir (default: the folder names); runs sharing a label are averaged')
     parser.add_argument('--key', nargs='+', default=['NuScenes/NDS', 'NuScenes/mAP'], help='metrics to plot')
-    parser.add_argument('--reach', type=float, help='also print the first iteration each label reaches this value')
+    parser.add_argument('--reach', type=float, nargs='+', default=[],
+                        help='also print the first iteration at which each label reaches each of these values')
     parser.add_argument('--out', default='curves.png', help='PNG to write')
     args = parser.parse_args(argv)
     if args.labels is not None and len(args.labels) != len(args.work_dirs):
@@ -166,9 +168,9 @@ def main(argv=None) -> Dict[str, Dict[str, Stats]]:
     runs = {label: {k: aggregate([c[k] for c in curves], f'{label} {k}') for k in args.key}
             for label, curves in grouped.items()}
     print(markdown(runs, args.key))
-    if args.reach is not None:
+    for value in args.reach:
         print()
-        print(reach_table(runs, args.key, args.reach))
+        print(reach_table(runs, args.key, value))
     plot(runs, args.key, args.out, args.reach)
     print(f'saved {args.out}', file=sys.stderr)
     return runs
