@@ -142,15 +142,17 @@ def test_to_original_boxes_undoes_resize_padding_and_flip():
     torch.testing.assert_close(flipped, torch.tensor([[96., 48, 144, 112], [0, 64, 32, 96]]))
 
 
-def test_memory_mask_ignores_the_padding():
+@pytest.mark.parametrize('num_encoder_layers', [0, 1])
+def test_memory_mask_ignores_the_padding(num_encoder_layers):
     torch.manual_seed(0)
     head = DETR2DHead(num_classes=3, embed_dims=32, num_decoder_layers=2, num_heads=4, ffn_dims=64, dropout=0.0,
-                      num_encoder_layers=1).eval()
+                      num_encoder_layers=num_encoder_layers).eval()
     strides, img_shapes = (8, 16, 32), torch.tensor([[40.0, 56.0]])
     feats = [torch.randn(1, 32, 64 // s, 96 // s) for s in strides]
     query, ref = torch.randn(1, 5, 32), torch.rand(1, 5, 4) * 0.5 + 0.25
     _, valid = memory_positions([f.shape[-2:] for f in feats], strides, img_shapes, 32)
     assert valid.sum() == 5 * 7 + 3 * 4 + 2 * 2  # rows / cols starting inside 40 x 56
+    torch.testing.assert_close(head.memory(feats, strides, img_shapes)[1], valid)
     garbage = []
     for f, s in zip(feats, strides):
         g = f.clone()

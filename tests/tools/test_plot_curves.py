@@ -91,3 +91,12 @@ def test_seeds_must_share_iterations_and_iteration_runs_need_iteration_steps(tmp
         f.write(json.dumps({'seg/mIoU': 3.0, 'step': 0}) + '\n')
     with pytest.raises(ValueError, match='log_metric_by_epoch=False'):
         curves.read_curves(path, ['seg/mIoU'])
+
+
+def test_a_file_with_epoch_and_iteration_runs_is_refused(tmp_path):
+    root = write_iter_run(tmp_path / 'r', 50, [10])
+    path = curves.find_scalars(str(root))
+    with open(path, 'a') as f:
+        f.write(json.dumps(dict(lr=1e-3, loss=1.0, epoch=1, iter=10, step=10)) + '\n')
+    with pytest.raises(ValueError, match='with and without an epoch'):
+        curves.read_curves(path, ['seg/mIoU'])

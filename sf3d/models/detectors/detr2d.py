@@ -21,9 +21,8 @@ same otherwise:
   square token grid). ``num_queries`` defaults to M for a like-for-like comparison. The backbone's
   final ``spatial_norm`` then gets no gradient: DDP needs ``find_unused_parameters=True``.
 
-What differs from DETR / Deformable DETR: plain multi-head cross-attention (no deformable or other
-compiled ops) with a Gaussian prior around each reference box (SMCA, see :mod:`detr2d_head`), no
-encoder by default, and the number of queries is the number of spatial tokens
+What differs from DETR / Deformable DETR: deformable cross-attention around each reference box
+written with ``grid_sample`` (no compiled ops, see :mod:`detr2d_head`), no encoder by default, and the number of queries is the number of spatial tokens
 (pick the backbone's ``spatial_grid`` for the count, e.g. 10 x 10 = 100, DETR's).
 
 Data contract (``sf3d.image_collate`` + ``ImageDataPreprocessor``): ``inputs`` (B, 3, Hp, Wp)

@@ -47,7 +47,7 @@ from sf3d.models.heads.box_coder import inverse_sigmoid
 from sf3d.models.layers import Attention, BoxDeformableAttention, Mlp, sincos_2d
 
 __all__ = ['HungarianMatcher2D', 'DETR2DEncoderLayer', 'DETR2DDecoderLayer', 'DETR2DHead',
-           'box_sine_embed', 'memory_positions']
+           'box_sine_embed', 'memory_positions', 'memory_valid']
 
 
 def box_sine_embed(boxes: Tensor, dim: int) -> Tensor:
@@ -55,6 +55,17 @@ def box_sine_embed(boxes: Tensor, dim: int) -> Tensor:
     the size (h, w), each :func:`sincos_2d` with ``dim`` channels."""
     cx, cy, w, h = boxes.unbind(-1)
     return torch.cat([sincos_2d(torch.stack([cy, cx], -1), dim), sincos_2d(torch.stack([h, w], -1), dim)], -1)
+
+
+def memory_valid(sizes: Sequence[tuple[int, int]], strides: Sequence[int], img_shapes: Tensor) -> Tensor:
+    """(B, N) bool padding mask of flattened feature levels of sizes (h_l, w_l) at ``strides``: False
+    where the feature pixel starts in the padding (``i s >= h`` or ``j s >= w``, img_shapes (B, 2) (h, w))."""
+    valid = []
+    for (h_l, w_l), s in zip(sizes, strides):
+        rows = torch.arange(h_l, device=img_shapes.device) * s < img_shapes[:, 0, None]  # (B, h_l)
+        cols = torch.arange(w_l, device=img_shapes.device) * s < img_shapes[:, 1, None]  # (B, w_l)
+        valid.append((rows[:, :, None] & cols[:, None, :]).flatten(1))  # (B, h_l * w_l)
+    return torch.cat(valid, 1)
 
 
 def memory_positions(sizes: Sequence[tuple[int, int]], strides: Sequence[int], img_shapes: Tensor,
@@ -66,17 +77,15 @@ def memory_positions(sizes: Sequence[tuple[int, int]], strides: Sequence[int], i
         img_shapes: (B, 2) float (h, w) of each image before padding.
     Returns:
         pos (B, N, dim): :func:`sincos_2d` of the pixel centres ``((i + 0.5) s / h, (j + 0.5) s / w)``;
-        valid (B, N) bool: False where the feature pixel starts in the padding (``i s >= h`` or ``j s >= w``).
+        valid (B, N) bool: :func:`memory_valid`.
     """
-    pos, valid = [], []
+    pos = []
     for (h_l, w_l), s in zip(sizes, strides):
         ys = (torch.arange(h_l, device=img_shapes.device, dtype=torch.float32) + 0.5) * s  # (h_l,)
         xs = (torch.arange(w_l, device=img_shapes.device, dtype=torch.float32) + 0.5) * s  # (w_l,)
         yx = torch.stack(torch.meshgrid(ys, xs, indexing='ij'), -1).flatten(0, 1)  # (h_l * w_l, 2) pixels
         pos.append(sincos_2d(yx / img_shapes[:, None, :], dim))  # (B, h_l * w_l, dim)
-        inside = (yx - 0.5 * s)[None] < img_shapes[:, None, :]  # (B, h_l * w_l, 2)
-        valid.append(inside.all(-1))  # (B, h_l * w_l)
-    return torch.cat(pos, 1), torch.cat(valid, 1)
+    return torch.cat(pos, 1), memory_valid(sizes, strides, img_shapes)
 
 
 class HungarianMatcher2D:
@@ -190,6 +199,12 @@ def _cls_branch(dims: int, num_classes: int) -> nn.Linear:
     return fc
 
 
+def _box_loss_terms(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Paired (M, 4) normalised cxcywh boxes -> unweighted sums of L1 and of (1 - GIoU) over the M pairs."""
+    giou = generalized_box_iou(box_convert(pred, 'cxcywh', 'xyxy'), box_convert(target, 'cxcywh', 'xyxy')).diagonal()
+    return (pred - target).abs().sum(), (1 - giou).sum()
+
+
 def _num_gt(total: int, device: torch.device) -> float:
     """#GT of this rank, averaged over ranks when torch.distributed is initialised, at least 1 (DETR)."""
     n = torch.tensor(float(total), device=device)
@@ -255,18 +270,20 @@ class DETR2DHead(nn.Module):
 
     def memory(self, feats: Sequence[Tensor], strides: Sequence[int], img_shapes: Tensor) -> tuple[Tensor, ...]:
         """FPN levels [L x (B, C, h_l, w_l)] -> memory (B, N, C) after the optional encoder and valid
-        (B, N) (False at pixels in the padding, :func:`memory_positions`)."""
+        (B, N) (False at pixels in the padding, :func:`memory_valid`)."""
         if len(feats) != self.num_levels or len(strides) != self.num_levels:
             raise ValueError(f'DETR2DHead: built for {self.num_levels} levels, got {len(feats)} feature maps '
                              f'and {len(strides)} strides')
         memory = torch.cat([f.flatten(2).transpose(1, 2) for f in feats], 1)  # (B, N, C)
-        pos, valid = memory_positions([tuple(f.shape[-2:]) for f in feats], strides, img_shapes, self.embed_dims)
-        if len(self.encoder):
-            level = torch.cat([self.level_embed[lvl].expand(f.shape[-2] * f.shape[-1], -1)
-                               for lvl, f in enumerate(feats)])  # (N, C)
-            pos = pos.to(memory.dtype) + level  # (B, N, C)
-            for layer in self.encoder:
-                memory = layer(memory, pos, valid)  # (B, N, C)
+        sizes = [tuple(f.shape[-2:]) for f in feats]
+        if not len(self.encoder):  # the decoder needs the mask only: skip the sin-cos positions
+            return memory, memory_valid(sizes, strides, img_shapes)
+        pos, valid = memory_positions(sizes, strides, img_shapes, self.embed_dims)
+        level = torch.cat([self.level_embed[lvl].expand(f.shape[-2] * f.shape[-1], -1)
+                           for lvl, f in enumerate(feats)])  # (N, C)
+        pos = pos.to(memory.dtype) + level  # (B, N, C)
+        for layer in self.encoder:
+            memory = layer(memory, pos, valid)  # (B, N, C)
         return memory, valid
 
     def denoising_queries(self, gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor]) -> dict | None:
@@ -389,10 +406,8 @@ class DETR2DHead(nn.Module):
             for b in range(B):
                 p, g = self.matcher.assign(cls_l[b].detach(), box_l[b].detach(), gt_labels[b], gt_boxes[b])
                 cls_t[b, p, gt_labels[b][g]] = 1.0
-                pred, tgt = box_l[b, p], gt_boxes[b][g].float()  # (M, 4) each
-                l1 = l1 + (pred - tgt).abs().sum()
-                pair_giou = generalized_box_iou(box_convert(pred, 'cxcywh', 'xyxy'), box_convert(tgt, 'cxcywh', 'xyxy'))
-                giou = giou + (1 - pair_giou.diagonal()).sum()
+                pair_l1, pair_giou = _box_loss_terms(box_l[b, p], gt_boxes[b][g].float())
+                l1, giou = l1 + pair_l1, giou + pair_giou
             loss_cls = sigmoid_focal_loss(cls_l, cls_t, alpha=self.alpha, gamma=self.gamma, reduction='sum')
             prefix = '' if lid == D - 1 else f'd{lid}.'
             losses[f'{prefix}loss_cls'] = self.cls_weight * loss_cls / num_gt
@@ -410,10 +425,9 @@ class DETR2DHead(nn.Module):
         target = F.one_hot(dn['labels'], self.num_classes).float()  # (B, P, K)
         loss_cls = sigmoid_focal_loss(cls.float()[valid], target[valid], alpha=self.alpha, gamma=self.gamma,
                                       reduction='sum')
-        pred, tgt = boxes.float()[valid], dn['boxes'][valid]  # (V, 4) each
-        giou = generalized_box_iou(box_convert(pred, 'cxcywh', 'xyxy'), box_convert(tgt, 'cxcywh', 'xyxy')).diagonal()
-        return dict(loss_dn_cls=self.cls_weight * loss_cls, loss_dn_bbox=self.l1_weight * (pred - tgt).abs().sum(),
-                    loss_dn_giou=self.giou_weight * (1 - giou).sum())
+        l1, giou = _box_loss_terms(boxes.float()[valid], dn['boxes'][valid])
+        return dict(loss_dn_cls=self.cls_weight * loss_cls, loss_dn_bbox=self.l1_weight * l1,
+                    loss_dn_giou=self.giou_weight * giou)
 
     @torch.no_grad()
     def predict(self, outputs: dict) -> list[dict]:
