@@ -69,13 +69,19 @@ def write_iter_run(root, interval, miou):
 
 def test_seeds_of_a_label_are_averaged_and_reach_is_the_first_mean_above(tmp_path, capsys):
     dirs = [write_iter_run(tmp_path / n, 50, v) for n, v in
-            (('t0', [10, 40, 60]), ('t1', [20, 50, 62]), ('l0', [5, 30, 70]), ('l1', [5, 40, 70]))]
-    runs = curves.main([str(d) for d in dirs] + ['--labels', 'tokens', 'tokens', 'learned', 'learned',
+            (('t0', [10, 40, 60]), ('t1', [20, 50, 62]), ('l0', [5, 30, 70]), ('l1', [5, 40, 70]),
+             ('l2', [5, 35, 73]))]
+    runs = curves.main([str(d) for d in dirs] + ['--labels', 'tokens', 'tokens', 'learned', 'learned', 'learned',
                                                   '--key', 'seg/mIoU', '--reach', '45', '65', '--out', str(tmp_path / 'c.png')])
-    assert runs['tokens']['seg/mIoU'] == [(50, 15.0, 5.0, 2), (100, 45.0, 5.0, 2), (150, 61.0, 1.0, 2)]
-    assert runs['learned']['seg/mIoU'] == [(50, 5.0, 0.0, 2), (100, 35.0, 5.0, 2), (150, 70.0, 0.0, 2)]
+    # sample std (ddof 1): two runs 10, 20 -> 7.0711; three runs 70, 70, 73 -> sqrt(3)
+    r2, r3 = 50 ** 0.5, 3 ** 0.5
+    flat = lambda stats: [x for row in stats for x in row]  # noqa: E731
+    assert flat(runs['tokens']['seg/mIoU']) == pytest.approx(flat([(50, 15.0, r2, 2), (100, 45.0, r2, 2),
+                                                                  (150, 61.0, 2 ** 0.5, 2)]))
+    assert flat(runs['learned']['seg/mIoU']) == pytest.approx(flat([(50, 5.0, 0.0, 3), (100, 35.0, 5.0, 3),
+                                                                   (150, 71.0, r3, 3)]))
     out = capsys.readouterr().out
-    assert '| 100 | 45.0000 ± 5.0000 | 35.0000 ± 5.0000 |' in out
+    assert '| 100 | 45.0000 ± 7.0711 | 35.0000 ± 5.0000 |' in out
     reach45, reach65 = out.split('first iteration with mean >= ')[1:]
     assert '| tokens | 100 |' in reach45 and '| learned | 150 |' in reach45
     assert '| tokens | not reached |' in reach65 and '| learned | 150 |' in reach65

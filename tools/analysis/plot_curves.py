@@ -4,7 +4,7 @@
         --labels "spatial tokens" "learned queries" --key NuScenes/NDS NuScenes/mAP --out curves.png
 
 Runs given the same label are seeds of one setting: the table and the plot show their mean ± std
-at each validation (the runs of a label must validate at the same iterations). ``--reach V [V ...]``
+(the sample std over seeds, ddof 1, as ``tools/camera_ablation.py``) at each validation (the runs of a label must validate at the same iterations). ``--reach V [V ...]``
 adds, for each value, key and label, the first validation iteration at which the mean reaches it.
 
 Reads each work dir's newest ``<timestamp>/vis_data/scalars.json`` (mmengine's LocalVisBackend).
@@ -74,7 +74,8 @@ Stats = List[Tuple[int, float, float, int]]  # (iteration, mean, std, number of 
 
 
 def aggregate(curves: Sequence[Curve], what: str = 'runs') -> Stats:
-    """Mean and (population) std over runs at each iteration; the runs must share their iterations."""
+    """Mean and sample std (ddof 1; 0 for one run) over runs at each iteration; the runs must share
+    their iterations."""
     iters = [tuple(i for i, _ in c) for c in curves]
     if any(it != iters[0] for it in iters[1:]):
         raise ValueError(f'{what}: runs with one label must validate at the same iterations, got '
@@ -83,7 +84,7 @@ def aggregate(curves: Sequence[Curve], what: str = 'runs') -> Stats:
     for j, it in enumerate(iters[0]):
         vals = [c[j][1] for c in curves]
         mean = sum(vals) / len(vals)
-        std = (sum((v - mean) ** 2 for v in vals) / len(vals)) ** 0.5
+        std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
         stats.append((it, mean, std, len(vals)))
     return stats
 
