@@ -34,6 +34,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from sf3d.datasets.synthetic_files import check_generate_args, prepare_out_dir
+
 SHAPES = ('circle', 'square', 'triangle', 'cross', 'ring', 'stripes', 'star', 'crescent',
           'frame', 'checker', 'bar', 'dots')
 COLOURS = {
@@ -214,24 +216,11 @@ def _check_args(num_classes: int, train_per_class: int, val_per_class: int, size
     if not 2 <= num_classes <= MAX_CLASSES:
         raise ValueError(f'num_classes must be between 2 and {MAX_CLASSES} (the number of class '
                          f'designs: {len(SHAPES)} shapes x {len(COLOURS)} colours), got {num_classes}')
-    for name, value in (('train_per_class', train_per_class), ('val_per_class', val_per_class)):
-        if value < 1:
-            raise ValueError(f'{name} must be >= 1, got {value}')
-    if not 16 <= size <= 1024:
-        raise ValueError(f'size must be between 16 and 1024 pixels, got {size}')
-    if seed < 0:
-        raise ValueError(f'seed must be >= 0, got {seed}')
+    check_generate_args(dict(train_per_class=train_per_class, val_per_class=val_per_class), size, (16, 1024), seed)
 
 
-def _prepare_out_dir(out: Path) -> None:
-    """Refuse a non-empty dir that is not a synthetic set; clear a previous synthetic set."""
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f'--out {out} exists and is not a directory')
-    if not out.exists() or not any(out.iterdir()):
-        return
-    if not (out / MARKER).is_file():
-        raise FileExistsError(f'--out {out} is not empty and holds no {MARKER}: refusing to write a '
-                              f'synthetic set into it (choose an empty or new directory)')
+def _clear(out: Path) -> None:
+    """Delete the images (and emptied class folders) of a previous synthetic set in ``out``."""
     for split in SPLITS:
         split_dir = out / split
         if not split_dir.is_dir():
@@ -257,7 +246,7 @@ def make_synthetic_imagenet(out, num_classes: int = 10, train_per_class: int = 1
     """
     _check_args(num_classes, train_per_class, val_per_class, size, seed)
     out = Path(out)
-    _prepare_out_dir(out)
+    prepare_out_dir(out, MARKER, _clear, arg='--out')
     designs = class_designs()[:num_classes]
     classes = {wnid(c): f'{colour} {shape}' for c, (shape, colour) in enumerate(designs)}
     per_class = {'train': train_per_class, 'val': val_per_class}

@@ -36,6 +36,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from .synthetic_files import check_generate_args, prepare_out_dir
+
 CLASSES = ('sky', 'building', 'earth', 'road', 'grass', 'water', 'tree', 'car', 'person')
 # file values: 0 = other, CLASSES[i] is i + 1
 OTHER, SKY, BUILDING, EARTH, ROAD, GRASS, WATER, TREE, CAR, PERSON = range(len(CLASSES) + 1)
@@ -257,25 +259,8 @@ def render_sample(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.n
 
 # ----------------------------------------------------------------------------- writing
 
-def _check_args(num_train: int, num_val: int, size: int, seed: int) -> None:
-    for name, value in (('num_train', num_train), ('num_val', num_val)):
-        if value < 1:
-            raise ValueError(f'{name} must be >= 1, got {value}')
-    if not MIN_SIZE <= size <= MAX_SIZE:
-        raise ValueError(f'size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}')
-    if seed < 0:
-        raise ValueError(f'seed must be >= 0, got {seed}')
-
-
-def _prepare_out_dir(out: Path) -> None:
-    """Refuse a non-empty dir that is not a synthetic set; delete the files of a previous one."""
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f'out {out} exists and is not a directory')
-    if not out.exists() or not any(out.iterdir()):
-        return
-    if not (out / MARKER).is_file():
-        raise FileExistsError(f'out {out} is not empty and holds no {MARKER}: refusing to write a synthetic '
-                              f'set into it (choose an empty or new directory)')
+def _clear(out: Path) -> None:
+    """Delete the image and annotation files of a previous synthetic set in ``out``."""
     for kind in ('images', 'annotations'):
         for split in SPLITS:
             folder = out / DATASET_DIR / kind / split
@@ -294,9 +279,9 @@ def generate(out, num_train: int = 200, num_val: int = 50, size: int = 160, seed
     the image and annotation files it wrote are deleted first. A non-empty `out` without that
     file is refused (FileExistsError).
     """
-    _check_args(num_train, num_val, size, seed)
+    check_generate_args(dict(num_train=num_train, num_val=num_val), size, (MIN_SIZE, MAX_SIZE), seed)
     out = Path(out)
-    _prepare_out_dir(out)
+    prepare_out_dir(out, MARKER, _clear)
     counts = {'training': num_train, 'validation': num_val}
     jobs: List[Tuple[int, str, int]] = [(split_id, split, i) for split_id, split in enumerate(SPLITS)
                                         for i in range(counts[split])]

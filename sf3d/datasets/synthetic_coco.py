@@ -43,6 +43,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from .synthetic_files import check_generate_args, prepare_out_dir
+
 CATEGORIES = ({'id': 1, 'name': 'circle'}, {'id': 3, 'name': 'rectangle'},
               {'id': 7, 'name': 'triangle'}, {'id': 12, 'name': 'ellipse'})
 SPLITS = ('train', 'val')
@@ -214,25 +216,8 @@ def annotation(ann_id: int, image_id: int, category: int, polygon: Polygon, full
 
 # ----------------------------------------------------------------------------- files
 
-def _check_args(num_train: int, num_val: int, size: int, seed: int) -> None:
-    for name, value in (('num_train', num_train), ('num_val', num_val)):
-        if value < 1:
-            raise ValueError(f'{name} must be >= 1, got {value}')
-    if not MIN_SIZE <= size <= MAX_SIZE:
-        raise ValueError(f'size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}')
-    if seed < 0:
-        raise ValueError(f'seed must be >= 0, got {seed}')
-
-
-def _prepare_out_dir(out: Path) -> None:
-    """Refuse a non-empty dir that is not a synthetic set; delete the files of a previous one."""
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f'out {out} exists and is not a directory')
-    if not out.exists() or not any(out.iterdir()):
-        return
-    if not (out / MARKER).is_file():
-        raise FileExistsError(f'out {out} is not empty and holds no {MARKER}: refusing to write a synthetic '
-                              f'set into it (choose an empty or new directory)')
+def _clear(out: Path) -> None:
+    """Delete the annotation and image files of a previous synthetic set in ``out``."""
     for split in SPLITS:
         (out / ann_file(split)).unlink(missing_ok=True)
         folder = out / image_dir(split)
@@ -250,9 +235,9 @@ def generate(out, num_train: int = 200, num_val: int = 50, size: int = 128, seed
     A previous synthetic set in `out` (recognised by its ``synthetic_coco.json``) is replaced: the
     files it wrote are deleted first. A non-empty `out` without that file is refused (FileExistsError).
     """
-    _check_args(num_train, num_val, size, seed)
+    check_generate_args(dict(num_train=num_train, num_val=num_val), size, (MIN_SIZE, MAX_SIZE), seed)
     out = Path(out)
-    _prepare_out_dir(out)
+    prepare_out_dir(out, MARKER, _clear)
     counts = {'train': num_train, 'val': num_val}
     jobs = [(s, split, i) for s, split in enumerate(SPLITS) for i in range(counts[split])]
     data = {split: {'info': {'description': f'sf3d synthetic COCO ({split}2017), seed {seed}', 'version': '1.0'},
