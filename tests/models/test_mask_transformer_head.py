@@ -117,6 +117,31 @@ def test_gradients_reach_spatial_tokens_through_layer0_predictions():
             assert tokens.grad[b, m].abs().max() == 0
 
 
+def test_candidate_loss_supervises_every_candidate():
+    h = head(candidate_loss=True)
+    tokens = torch.randn(2, 16, 64, requires_grad=True)
+    feats, gt = features(), regions()
+    losses = h.loss(feats, tokens, gt)
+    assert {'enc.loss_cls', 'enc.loss_mask', 'enc.loss_dice'} <= set(losses)
+    # the candidate predictions, computed here by hand, through the same set-prediction loss
+    with torch.no_grad():
+        content, _ = h.candidate_queries(tokens)  # (B, N_c, C)
+        mask_features = h.pixel_decoder(feats)[0]  # (B, C_m, 16, 16)
+        x = h.decoder_norm(content)
+        cls = h.class_embed(x)  # (B, 64, K + 1)
+        masks = torch.einsum('bqc,bchw->bqhw', h.mask_embed(x), mask_features)
+        expected = h.loss_single(cls, masks, gt, h.gt_labels(gt))  # 16 x 16 <= num_points: every pixel, exact
+    for key, value in expected.items():
+        torch.testing.assert_close(losses['enc.' + key], value)
+    # unlike the layer-0 class term of the selected queries, it reaches every token
+    losses['enc.loss_cls'].backward()
+    assert (tokens.grad.abs().sum(-1) > 0).all()
+    # off by default; not in learned mode
+    assert not any(k.startswith('enc.') for k in head().loss(feats, tokens.detach(), gt))
+    with pytest.raises(ValueError, match="candidate_loss needs query_mode='spatial_tokens'"):
+        head(query_mode='learned', candidate_loss=True)
+
+
 def test_matcher_matches_brute_force_with_hand_costs():
     g = torch.Generator().manual_seed(0)
     Q, G, P = 5, 3, 30

@@ -18,8 +18,11 @@ Structure:
   candidate by its highest non-void class probability and the top ``num_queries`` are gathered as
   object queries. The selection itself has no gradient; the class head and the spatial tokens are
   trained through the layer-0 predictions of the gathered queries, which enter the loss like every
-  layer's (DINO-style two-stage selection). ``query_mode='learned'`` is the Mask2Former baseline:
-  ``nn.Embedding(num_queries, C)`` content and position.
+  layer's (DINO-style two-stage selection). ``candidate_loss=True`` (off by default, as in the
+  paper) also supervises the predictions of all N_c candidates, two-stage DETRs' encoder loss, so
+  that the scores the selection ranks by are trained on the unselected candidates too.
+  ``query_mode='learned'`` is the Mask2Former baseline: ``nn.Embedding(num_queries, C)`` content
+  and position.
 * Decoder (:class:`MaskedDecoderLayer`, post-norm as Mask2Former): masked cross-attention to one
   memory level (round-robin coarse -> fine), self-attention, FFN. Before the first layer and after
   each one, ``decoder_norm`` -> class logits (K + 1, the last is "no object") and a 3-layer MLP
@@ -248,6 +251,9 @@ class MaskTransformerHead(nn.Module):
         num_points, oversample_ratio, importance_sample_ratio: point sampling of matcher and loss.
         cls_weight, mask_weight, dice_weight: weights of the loss terms and of the matching costs.
         no_object_weight: cross-entropy class weight of "no object".
+        candidate_loss: also supervise the predictions of all N_c candidates ('spatial_tokens'
+            mode; Deformable DETR / DINO's two-stage encoder loss, ``enc.loss_*``), so that the
+            scores the selection ranks by are trained on every candidate, not only the selected.
         ignore_index: label excluded from targets and losses.
     """
 
@@ -257,6 +263,7 @@ class MaskTransformerHead(nn.Module):
                  num_heads: int = 8, ffn_dims: int = 2048, num_layers: int = 9, num_points: int = 12544,
                  oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75, cls_weight: float = 2.0,
                  mask_weight: float = 5.0, dice_weight: float = 5.0, no_object_weight: float = 0.1,
+                 candidate_loss: bool = False,
                  ignore_index: int = IGNORE_INDEX):
         super().__init__()
         if query_mode not in QUERY_MODES:
@@ -274,6 +281,7 @@ class MaskTransformerHead(nn.Module):
         self.importance_sample_ratio = importance_sample_ratio
         self.loss_weights = dict(cls=cls_weight, mask=mask_weight, dice=dice_weight)
         self.ignore_index = ignore_index
+        self.candidate_loss = candidate_loss
         self.matcher = MaskHungarianMatcher(cls_weight=cls_weight, mask_weight=mask_weight, dice_weight=dice_weight)
         self.register_buffer('ce_class_weight', torch.tensor([1.0] * num_classes + [no_object_weight]),
                              persistent=False)  # (K + 1,)
@@ -289,6 +297,9 @@ class MaskTransformerHead(nn.Module):
                                         nn.Linear(embed_dims, mask_dims))
 
         if query_mode == 'learned':
+            if candidate_loss:
+                raise ValueError("MaskTransformerHead: candidate_loss needs query_mode='spatial_tokens' (there are "
+                                 "no candidates to select from with learned queries)")
             self.query_feat = nn.Embedding(num_queries, embed_dims)
             self.query_pos = nn.Embedding(num_queries, embed_dims)
             return
@@ -341,20 +352,15 @@ class MaskTransformerHead(nn.Module):
     def select_queries(self, spatial_tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Top ``num_queries`` candidates by max non-void class probability of the shared class head
         -> (query (B, Q, C), query_pos (B, Q, C), index (B, Q) into the N_c candidates, best first)."""
-        content, pos = self.candidate_queries(spatial_tokens)  # (B, N_c, C) each
+        return self._gather_top(*self.candidate_queries(spatial_tokens))
+
+    def _gather_top(self, content: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Candidates (B, N_c, C) each -> the top ``num_queries`` (query, query_pos, index), best first."""
         with torch.no_grad():
             scores = self.class_embed(self.decoder_norm(content)).float().softmax(-1)[..., :-1].amax(-1)  # (B, N_c)
             index = scores.topk(self.num_queries, dim=1).indices  # (B, Q)
         gather = index[..., None].expand(-1, -1, content.shape[-1])  # (B, Q, C)
         return content.gather(1, gather), pos.gather(1, gather), index
-
-    def initial_queries(self, spatial_tokens: Tensor | None, batch_size: int) -> tuple[Tensor, Tensor, Tensor | None]:
-        """-> (query (B, Q, C), query_pos (B, Q, C), candidate index (B, Q) or None in 'learned' mode)."""
-        if self.query_mode == 'spatial_tokens':
-            return self.select_queries(spatial_tokens)
-        # repeat, not expand: a no-grad view of a parameter breaks FlopCounterMode's module tracker
-        query = self.query_feat.weight.unsqueeze(0).repeat(batch_size, 1, 1)  # (B, Q, C)
-        return query, self.query_pos.weight.unsqueeze(0).repeat(batch_size, 1, 1), None
 
     # ------------------------------------------------------------------ forward
     def _predict(self, query: Tensor, mask_features: Tensor,
@@ -371,18 +377,31 @@ class MaskTransformerHead(nn.Module):
             allowed = allowed | ~allowed.any(-1, keepdim=True)  # a query whose mask is empty attends everywhere
         return cls_logits, masks, allowed.unsqueeze(1)  # (B, 1, Q, L)
 
-    def forward(self, features: Sequence[Tensor], spatial_tokens: Tensor | None = None) -> dict:
+    def forward(self, features: Sequence[Tensor], spatial_tokens: Tensor | None = None,
+                with_candidates: bool = False) -> dict:
         """features [(B, C_i, H_i, W_i)] finest (stride 4) first; spatial_tokens (B, M, C_tok)
         ('spatial_tokens' mode). Returns ``dict(cls_logits=[(B, Q, K + 1)] * (num_layers + 1),
         mask_logits=[(B, Q, H_0, W_0)] * (num_layers + 1), query_index=(B, Q) or None)``,
-        layer 0 (the initial queries) first."""
+        layer 0 (the initial queries) first; with ``with_candidates`` in 'spatial_tokens' mode also
+        ``candidate_cls`` (B, N_c, K + 1) and ``candidate_masks`` (B, N_c, H_0, W_0), the predictions
+        of every candidate (the candidate loss)."""
         mask_features, memory = self.pixel_decoder(features)  # (B, C_m, H_0, W_0), [(B, C, H_l, W_l)]
         sizes = [tuple(m.shape[-2:]) for m in memory]
         mem, mem_pos = [], []
         for lvl, m in enumerate(memory):
             mem.append(m.flatten(2).transpose(1, 2) + self.level_embed.weight[lvl])  # (B, L, C)
             mem_pos.append(grid_sincos_encoding(*sizes[lvl], self.embed_dims, m.device, m.dtype).unsqueeze(0))
-        query, query_pos, index = self.initial_queries(spatial_tokens, mask_features.shape[0])
+        extra = {}
+        if self.query_mode == 'spatial_tokens':
+            content, pos = self.candidate_queries(spatial_tokens)  # (B, N_c, C) each
+            query, query_pos, index = self._gather_top(content, pos)  # (B, Q, C), (B, Q, C), (B, Q)
+            if with_candidates:
+                extra['candidate_cls'], extra['candidate_masks'], _ = self._predict(content, mask_features, None)
+        else:
+            # repeat, not expand: a no-grad view of a parameter breaks FlopCounterMode's module tracker
+            B = mask_features.shape[0]
+            query = self.query_feat.weight.unsqueeze(0).repeat(B, 1, 1)  # (B, Q, C)
+            query_pos, index = self.query_pos.weight.unsqueeze(0).repeat(B, 1, 1), None
         cls_logits, masks, attn_mask = self._predict(query, mask_features, sizes[0])
         all_cls, all_masks = [cls_logits], [masks]
         for i, layer in enumerate(self.layers):
@@ -393,7 +412,7 @@ class MaskTransformerHead(nn.Module):
                                                          None if last else sizes[(i + 1) % self.num_levels])
             all_cls.append(cls_logits)
             all_masks.append(masks)
-        return dict(cls_logits=all_cls, mask_logits=all_masks, query_index=index)
+        return dict(cls_logits=all_cls, mask_logits=all_masks, query_index=index, **extra)
 
     def predict_scores(self, features: Sequence[Tensor], spatial_tokens: Tensor | None,
                        size: Sequence[int]) -> Tensor:
@@ -480,8 +499,9 @@ class MaskTransformerHead(nn.Module):
     def loss(self, features: Sequence[Tensor], spatial_tokens: Tensor | None, gt_seg: Tensor) -> dict[str, Tensor]:
         """gt_seg (B, H, W) int64 at the input size (labels 0..K-1, ``ignore_index``) -> losses of the
         last layer (``loss_cls``, ``loss_mask``, ``loss_dice``) and of the earlier prediction sets
-        (``d{i}.loss_*``, i = 0 for the initial queries)."""
-        out = self(features, spatial_tokens)
+        (``d{i}.loss_*``, i = 0 for the initial queries); with ``candidate_loss`` in 'spatial_tokens'
+        mode also of all N_c candidates (``enc.loss_*``)."""
+        out = self(features, spatial_tokens, with_candidates=self.candidate_loss)
         gt_labels = self.gt_labels(gt_seg)
         losses = {}
         n = len(out['cls_logits'])
@@ -489,4 +509,8 @@ class MaskTransformerHead(nn.Module):
             prefix = '' if i == n - 1 else f'd{i}.'
             for key, value in self.loss_single(cls_logits, mask_logits, gt_seg, gt_labels).items():
                 losses[prefix + key] = value
+        if self.candidate_loss:
+            for key, value in self.loss_single(out['candidate_cls'], out['candidate_masks'], gt_seg,
+                                               gt_labels).items():
+                losses['enc.' + key] = value
         return losses
