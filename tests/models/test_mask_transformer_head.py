@@ -133,6 +133,10 @@ def test_candidate_loss_supervises_every_candidate():
         expected = h.loss_single(cls, masks, gt, h.gt_labels(gt))  # 16 x 16 <= num_points: every pixel, exact
     for key, value in expected.items():
         torch.testing.assert_close(losses['enc.' + key], value)
+    # the selection ranks by the candidates' class logits either way
+    with torch.no_grad():
+        torch.testing.assert_close(h(feats, tokens, with_candidates=True)['candidate_cls'], cls)
+        assert torch.equal(h(feats, tokens, with_candidates=True)['query_index'], h(feats, tokens)['query_index'])
     # unlike the layer-0 class term of the selected queries, it reaches every token
     losses['enc.loss_cls'].backward()
     assert (tokens.grad.abs().sum(-1) > 0).all()

@@ -354,10 +354,14 @@ class MaskTransformerHead(nn.Module):
         -> (query (B, Q, C), query_pos (B, Q, C), index (B, Q) into the N_c candidates, best first)."""
         return self._gather_top(*self.candidate_queries(spatial_tokens))
 
-    def _gather_top(self, content: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Candidates (B, N_c, C) each -> the top ``num_queries`` (query, query_pos, index), best first."""
+    def _gather_top(self, content: Tensor, pos: Tensor,
+                    cls_logits: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Candidates (B, N_c, C) each -> the top ``num_queries`` (query, query_pos, index), best first;
+        ``cls_logits`` (B, N_c, K + 1): the candidates' class logits when already computed."""
         with torch.no_grad():
-            scores = self.class_embed(self.decoder_norm(content)).float().softmax(-1)[..., :-1].amax(-1)  # (B, N_c)
+            if cls_logits is None:
+                cls_logits = self.class_embed(self.decoder_norm(content))  # (B, N_c, K + 1)
+            scores = cls_logits.float().softmax(-1)[..., :-1].amax(-1)  # (B, N_c)
             index = scores.topk(self.num_queries, dim=1).indices  # (B, Q)
         gather = index[..., None].expand(-1, -1, content.shape[-1])  # (B, Q, C)
         return content.gather(1, gather), pos.gather(1, gather), index
@@ -394,9 +398,9 @@ class MaskTransformerHead(nn.Module):
         extra = {}
         if self.query_mode == 'spatial_tokens':
             content, pos = self.candidate_queries(spatial_tokens)  # (B, N_c, C) each
-            query, query_pos, index = self._gather_top(content, pos)  # (B, Q, C), (B, Q, C), (B, Q)
-            if with_candidates:
+            if with_candidates:  # the selection ranks by these class logits too
                 extra['candidate_cls'], extra['candidate_masks'], _ = self._predict(content, mask_features, None)
+            query, query_pos, index = self._gather_top(content, pos, extra.get('candidate_cls'))  # (B, Q, C) x2, (B, Q)
         else:
             # repeat, not expand: a no-grad view of a parameter breaks FlopCounterMode's module tracker
             B = mask_features.shape[0]
