@@ -61,7 +61,8 @@ def write_iter_run(root, interval, miou):
     vis.mkdir(parents=True)
     lines = []
     for k, value in enumerate(miou, 1):
-        lines += [dict(lr=1e-3, loss=1.0, iter=it, step=it) for it in range((k - 1) * interval + 10, k * interval + 1, 10)]
+        lines += [dict(lr=1e-3, loss=1.0, iter=it, step=it)
+                  for it in range((k - 1) * interval + 10, k * interval + 1, 10)]
         lines.append({'seg/mIoU': value, 'step': k * interval})
     (vis / 'scalars.json').write_text('\n'.join(json.dumps(x) for x in lines) + '\n')
     return root
@@ -72,7 +73,8 @@ def test_seeds_of_a_label_are_averaged_and_reach_is_the_first_mean_above(tmp_pat
             (('t0', [10, 40, 60]), ('t1', [20, 50, 62]), ('l0', [5, 30, 70]), ('l1', [5, 40, 70]),
              ('l2', [5, 35, 73]))]
     runs = curves.main([str(d) for d in dirs] + ['--labels', 'tokens', 'tokens', 'learned', 'learned', 'learned',
-                                                  '--key', 'seg/mIoU', '--reach', '45', '65', '--out', str(tmp_path / 'c.png')])
+                                                  '--key', 'seg/mIoU', '--reach', '45', '65',
+                                                  '--out', str(tmp_path / 'c.png')])
     # sample std (ddof 1): two runs 10, 20 -> 7.0711; three runs 70, 70, 73 -> sqrt(3)
     r2, r3 = 50 ** 0.5, 3 ** 0.5
     flat = lambda stats: [x for row in stats for x in row]  # noqa: E731

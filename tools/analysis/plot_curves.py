@@ -4,8 +4,9 @@
         --labels "spatial tokens" "learned queries" --key NuScenes/NDS NuScenes/mAP --out curves.png
 
 Runs given the same label are seeds of one setting: the table and the plot show their mean ± std
-(the sample std over seeds, ddof 1, as ``tools/camera_ablation.py``) at each validation (the runs of a label must validate at the same iterations). ``--reach V [V ...]``
-adds, for each value, key and label, the first validation iteration at which the mean reaches it.
+(the sample std over seeds, ddof 1, as ``tools/camera_ablation.py``) at each validation (the runs
+of a label must validate at the same iterations). ``--reach V [V ...]`` adds, for each value, key
+and label, the first validation iteration at which the mean reaches it.
 
 Reads each work dir's newest ``<timestamp>/vis_data/scalars.json`` (mmengine's LocalVisBackend).
 Epoch-based loops: training lines carry ``epoch`` and ``iter``, validation lines the metrics with
@@ -20,6 +21,7 @@ import argparse
 import glob
 import json
 import os.path as osp
+import statistics
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -83,9 +85,7 @@ def aggregate(curves: Sequence[Curve], what: str = 'runs') -> Stats:
     stats = []
     for j, it in enumerate(iters[0]):
         vals = [c[j][1] for c in curves]
-        mean = sum(vals) / len(vals)
-        std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
-        stats.append((it, mean, std, len(vals)))
+        stats.append((it, statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals)))
     return stats
 
 
@@ -103,11 +103,12 @@ def markdown(runs: Dict[str, Dict[str, Stats]], keys: Sequence[str]) -> str:
     cols = [f'{label} {k}' + (f' (n={stats[k][0][3]})' if stats[k][0][3] > 1 else '')
             for label, stats in runs.items() for k in keys]
     lines = ['| iteration | ' + ' | '.join(cols) + ' |', '|---' * (len(cols) + 1) + '|']
+    rows = {(label, k): {s[0]: s for s in stats[k]} for label, stats in runs.items() for k in keys}
     for it in iters:
         cells = []
-        for stats in runs.values():
+        for label in runs:
             for k in keys:
-                row = {s[0]: s for s in stats[k]}.get(it)
+                row = rows[label, k].get(it)
                 cells.append('' if row is None else _cell(*row[1:]))
         lines.append(f'| {it} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
@@ -116,7 +117,8 @@ def markdown(runs: Dict[str, Dict[str, Stats]], keys: Sequence[str]) -> str:
 def reach_table(runs: Dict[str, Dict[str, Stats]], keys: Sequence[str], value: float) -> str:
     lines = [f'| first iteration with mean >= {value:g} | ' + ' | '.join(keys) + ' |', '|---' * (len(keys) + 1) + '|']
     for label, stats in runs.items():
-        cells = [str(first_reach(stats[k], value) or 'not reached') for k in keys]
+        reached = [first_reach(stats[k], value) for k in keys]
+        cells = ['not reached' if it is None else str(it) for it in reached]
         lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
