@@ -22,8 +22,9 @@ same otherwise:
   final ``spatial_norm`` then gets no gradient: DDP needs ``find_unused_parameters=True``.
 
 What differs from DETR / Deformable DETR: deformable cross-attention around each reference box
-written with ``grid_sample`` (no compiled ops, see :mod:`detr2d_head`), no encoder by default, and the number of queries is the number of spatial tokens
-(pick the backbone's ``spatial_grid`` for the count, e.g. 10 x 10 = 100, DETR's).
+written with ``grid_sample`` (no compiled ops, see :mod:`detr2d_head`), no encoder by default,
+and the number of queries is the number of spatial tokens (pick the backbone's ``spatial_grid``
+for the count, e.g. 10 x 10 = 100, DETR's).
 
 Data contract (``sf3d.image_collate`` + ``ImageDataPreprocessor``): ``inputs`` (B, 3, Hp, Wp)
 normalised, padded images; ``data_samples`` a dict of B-lists with ``img_shape`` (h, w),
@@ -207,8 +208,9 @@ class DETR2D(BaseModel):
         Returns:
             ``'loss'``: :meth:`DETR2DHead.loss`'s dict (``loss_cls``, ``loss_bbox``, ``loss_giou`` and
             ``d{i}.`` versions; ``loss_dn_*`` too when the head has ``dn_groups``: denoising queries
-            made from the batch's GT run beside the object queries, masked from them). ``'predict'``: B dicts ``img_id`` (or None), ``bboxes`` (k, 4) xyxy
-            float in ORIGINAL pixels, ``scores`` (k,), ``labels`` (k,) int64, k = min(100, Q * K).
+            made from the batch's GT run beside the object queries, masked from them).
+            ``'predict'``: B dicts ``img_id`` (or None), ``bboxes`` (k, 4) xyxy float in ORIGINAL
+            pixels, ``scores`` (k,), ``labels`` (k,) int64, k = min(100, Q * K).
             ``'tensor'``: ``all_cls_scores`` (D, B, Q, K) logits, ``all_bbox_preds`` (D, B, Q, 4) and
             ``init_boxes`` (B, Q, 4), boxes normalised cxcywh.
         """

@@ -11,11 +11,12 @@ at each layer from the refined box, and each layer predicts a delta in inverse-s
 Cross-attention is Deformable DETR's multi-scale deformable attention around the reference box
 (:class:`sf3d.models.layers.BoxDeformableAttention`, plain PyTorch ``grid_sample``: no compiled
 ops). An earlier design with global attention over every FPN pixel never got past 0.017 bbox mAP
-in the tiny-set trials of ``docs/tiny_2d.md``. Training may add DN-DETR's denoising queries (``dn_groups``). The memory is the
-flattened FPN levels; the optional encoder (``num_encoder_layers=0`` by default: the backbone
-already is a transformer) is global self-attention over it, with a fixed sin-cos position (the
-SAME normalised-coordinate basis the SpatialFormer spatial tokens use,
-:func:`sf3d.models.layers.sincos_2d`) plus a learned level embedding and the padded pixels masked.
+in the tiny-set trials of ``docs/tiny_2d.md``. Training may add DN-DETR's denoising queries
+(``dn_groups``). The memory is the flattened FPN levels; the optional encoder
+(``num_encoder_layers=0`` by default: the backbone already is a transformer) is global
+self-attention over it, with a fixed sin-cos position (the SAME normalised-coordinate basis the
+SpatialFormer spatial tokens use, :func:`sf3d.models.layers.sincos_2d`) plus a learned level
+embedding and the padded pixels masked.
 
 Coordinates: boxes are (cx, cy, w, h) normalised by each image's ``img_shape`` (the resized image
 before padding; DETR's convention, so the loss does not depend on how much a batch pads); the

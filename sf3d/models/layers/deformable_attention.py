@@ -39,8 +39,8 @@ class BoxDeformableAttention(nn.Module):
     def __init__(self, embed_dims: int, num_heads: int, num_levels: int, num_points: int = 4):
         super().__init__()
         if embed_dims % num_heads or min(num_heads, num_levels, num_points) < 1:
-            raise ValueError(f'BoxDeformableAttention: need embed_dims divisible by num_heads and num_heads, num_levels, '
-                             f'num_points >= 1, got {embed_dims}, {num_heads}, {num_levels}, {num_points}')
+            raise ValueError(f'BoxDeformableAttention: need embed_dims divisible by num_heads and num_heads, '
+                             f'num_levels, num_points >= 1, got {embed_dims}, {num_heads}, {num_levels}, {num_points}')
         self.num_heads, self.num_levels, self.num_points = num_heads, num_levels, num_points
         self.sampling_offsets = nn.Linear(embed_dims, num_heads * num_levels * num_points * 2)
         self.attention_weights = nn.Linear(embed_dims, num_heads * num_levels * num_points)
