@@ -10,8 +10,11 @@ from PIL import Image
 
 from sf3d.datasets import synthetic_ade
 from sf3d.datasets.ade import ADE20K_CLASSES, ADE20KDataset
+from sf3d.datasets.transforms.formatting2d import image_collate
 from sf3d.datasets.transforms.loading import read_rgb
 from sf3d.datasets.transforms.seg_transforms import LoadSegAnnotation  # noqa: F401  (registers it)
+from sf3d.datasets.transforms.transforms2d import LoadImage  # noqa: F401  (registers the generic 2D steps)
+from sf3d.evaluation.iou_metric import IoUMetric
 from sf3d.registry import DATASETS
 
 VAL = dict(img_path='images/validation', seg_map_path='annotations/validation')
@@ -135,13 +138,10 @@ SYNTHETIC_TEST_PIPELINE = [
 def test_contract_with_generic_transforms_collate_and_metric(ade_root):
     """The config's pipelines with the generic 2D steps (LoadImage, RandomFlip2D, Pack2DInputs) and
     image_collate: contract keys and shapes; a perfect prediction scores 100 mIoU."""
-    pytest.importorskip('sf3d.datasets.transforms.transforms2d')
-    formatting2d = pytest.importorskip('sf3d.datasets.transforms.formatting2d')
-    from sf3d.evaluation.iou_metric import IoUMetric
     np.random.seed(0)
     train = DATASETS.build(dict(type='ADE20KDataset', data_root=str(ade_root), classes=synthetic_ade.CLASSES,
                                 pipeline=SYNTHETIC_TRAIN_PIPELINE))
-    batch = formatting2d.image_collate([train[0], train[1]])
+    batch = image_collate([train[0], train[1]])
     assert batch['inputs'].dtype == torch.uint8 and batch['inputs'].shape == (2, 3, 64, 64)
     for seg, shape in zip(batch['data_samples']['gt_seg_map'], batch['data_samples']['img_shape']):
         assert seg.dtype == torch.int64 and seg.shape == (64, 64) and max(shape) <= 64
@@ -149,7 +149,7 @@ def test_contract_with_generic_transforms_collate_and_metric(ade_root):
 
     val = DATASETS.build(dict(type='ADE20KDataset', data_root=str(ade_root), data_prefix=VAL,
                               classes=synthetic_ade.CLASSES, pipeline=SYNTHETIC_TEST_PIPELINE))
-    batch = formatting2d.image_collate([val[0], val[1]], pad_seg_map=False)
+    batch = image_collate([val[0], val[1]], pad_seg_map=False)
     samples = batch['data_samples']
     for i in range(2):
         h0, w0 = samples['ori_shape'][i]
