@@ -1,6 +1,8 @@
 """DETR-style 2D detector: matching, losses, spatial-token queries, contract, pretrained loading, overfit."""
 import itertools
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,13 +112,26 @@ def test_losses_on_a_hand_made_case(shift):
         assert losses[f'{prefix}loss_giou'].item() == pytest.approx(expected_giou, abs=1e-6)
 
 
-def test_num_gt_is_averaged_over_ranks(tmp_path):
-    assert _num_gt(0, torch.device('cpu')) == 1.0 and _num_gt(7, torch.device('cpu')) == 7.0
-    torch.distributed.init_process_group('gloo', init_method=f'file://{tmp_path / "pg"}', rank=0, world_size=1)
+# GT counts of (rank 0, rank 1) per case -> the normaliser both ranks must use: the mean, clamped at 1
+# after averaging ((0, 4) -> 2, not 2.5 as clamping each rank first would give; (0, 1) -> 0.5 -> 1).
+_RANK_COUNTS = [(3, 6), (0, 4), (0, 1), (0, 0)]
+_RANK_EXPECTED = [4.5, 2.0, 1.0, 1.0]
+
+
+def _num_gt_worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.distributed.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
     try:
-        assert _num_gt(5, torch.device('cpu')) == 5.0
+        values = [_num_gt(counts[rank], torch.device('cpu')) for counts in _RANK_COUNTS]
     finally:
         torch.distributed.destroy_process_group()
+    (Path(out_dir) / f'rank{rank}.json').write_text(json.dumps(values))
+
+
+def test_num_gt_is_averaged_over_ranks(tmp_path):
+    assert _num_gt(0, torch.device('cpu')) == 1.0 and _num_gt(7, torch.device('cpu')) == 7.0  # no process group
+    torch.multiprocessing.spawn(_num_gt_worker, args=(str(tmp_path / 'pg'), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f'rank{rank}.json').read_text()) == _RANK_EXPECTED, f'rank {rank}'
 
 
 # ---------------------------------------------------------------- geometry helpers
