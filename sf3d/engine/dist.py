@@ -16,9 +16,18 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
     """Prepare ``cfg`` for a CPU gloo run under torchrun; return True if it did so.
 
     On a CUDA machine, or with ``launcher='none'``, nothing is changed and mmengine's
-    own NCCL set-up is used.
+    own NCCL set-up is used, one GPU per process: a process whose ``LOCAL_RANK`` has no GPU
+    raises a RuntimeError here (mmengine would fail in ``torch.cuda.set_device``). To train
+    on CPU over gloo on a CUDA machine, hide the GPUs (``CUDA_VISIBLE_DEVICES=``).
     """
-    if launcher == 'none' or torch.cuda.is_available():
+    if launcher == 'none':
+        return False
+    if torch.cuda.is_available():
+        local_rank, num_gpus = int(os.environ.get('LOCAL_RANK', 0)), torch.cuda.device_count()
+        if launcher == 'pytorch' and local_rank >= num_gpus:
+            raise RuntimeError(f'LOCAL_RANK={local_rank} but only {num_gpus} GPU(s) are visible: start at most '
+                               f'{num_gpus} process(es) per node, or set CUDA_VISIBLE_DEVICES= to train on '
+                               'CPU over gloo')
         return False
     if launcher != 'pytorch':
         raise ValueError(f"launcher '{launcher}' needs CUDA; on CPU use --launcher pytorch "

@@ -1,14 +1,19 @@
 """The mmengine shims of sf3d.engine, each against the failure it exists for."""
 import random
+import socket
 
+import mmengine.device
+import mmengine.runner.amp
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+from mmengine.config import Config
 from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import sf3d.engine  # noqa: F401  (registers the checkpoint loader)
-from sf3d.engine import Bf16OptimWrapper, EpochSeedHook, seed_worker
+from sf3d.engine import Bf16OptimWrapper, EpochSeedHook, cleanup_distributed, seed_worker, setup_cpu_distributed
 
 
 def _mmengine_like_checkpoint(path):
@@ -38,7 +43,19 @@ def test_checkpoint_loader_names_missing_file(tmp_path):
         _load_checkpoint(str(missing))
 
 
-def test_bf16_wrapper_autocasts_on_cpu_and_steps():
+def _pretend_cuda_is_present(monkeypatch):
+    """What a GPU machine looks like to mmengine and torch, without a GPU: mmengine's autocast then
+    defaults to device_type 'cuda' (its device is fixed at import, so patch the name amp uses)."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setattr(mmengine.device, 'get_device', lambda: 'cuda')
+    monkeypatch.setattr(mmengine.runner.amp, 'get_device', lambda: 'cuda')
+
+
+@pytest.mark.parametrize('cuda_present', [False, True])
+def test_bf16_wrapper_autocasts_a_cpu_model_and_steps(monkeypatch, cuda_present):
+    if cuda_present:
+        _pretend_cuda_is_present(monkeypatch)
     model = torch.nn.Linear(4, 2)
     wrapper = Bf16OptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     before = model.weight.detach().clone()
@@ -49,6 +66,61 @@ def test_bf16_wrapper_autocasts_on_cpu_and_steps():
     assert model.weight.dtype == torch.float32  # master weights stay fp32
     assert not torch.equal(model.weight, before)
     assert model(torch.randn(3, 4)).dtype == torch.float32  # autocast ends with the context
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU (the CPU twin runs everywhere)')
+def test_bf16_wrapper_autocasts_a_gpu_model():
+    model = torch.nn.Linear(4, 2).cuda()
+    wrapper = Bf16OptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    with wrapper.optim_context(model):
+        out = model(torch.randn(3, 4, device='cuda'))
+    assert out.dtype == torch.bfloat16 and out.is_cuda
+
+
+# ---------------------------------------------------------------- CPU distributed set-up
+def _torchrun_env(monkeypatch, **extra):
+    port = _free_port()
+    env = dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    for key, value in {**env, **extra}.items():
+        monkeypatch.setenv(key, value)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_setup_cpu_distributed_starts_gloo_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)  # also on a GPU machine
+    _torchrun_env(monkeypatch)
+    cfg = Config(dict())
+    assert not setup_cpu_distributed(cfg, 'none') and 'model_wrapper_cfg' not in cfg
+    try:
+        assert setup_cpu_distributed(cfg, 'pytorch')
+        assert dist.is_initialized() and dist.get_backend() == 'gloo' and dist.get_world_size() == 1
+        assert cfg.model_wrapper_cfg.device_ids is None
+    finally:
+        cleanup_distributed()
+    assert not dist.is_initialized()
+    with pytest.raises(ValueError, match='needs CUDA'):
+        setup_cpu_distributed(cfg, 'slurm')
+    monkeypatch.delenv('MASTER_PORT')
+    with pytest.raises(RuntimeError, match=r'\$MASTER_PORT'):
+        setup_cpu_distributed(cfg, 'pytorch')
+
+
+@pytest.mark.parametrize('local_rank', [0, 1])
+def test_setup_cpu_distributed_leaves_a_cuda_machine_to_mmengine(monkeypatch, local_rank):
+    _pretend_cuda_is_present(monkeypatch)  # one GPU
+    _torchrun_env(monkeypatch, LOCAL_RANK=str(local_rank))
+    cfg = Config(dict())
+    if local_rank == 0:
+        assert not setup_cpu_distributed(cfg, 'pytorch')
+    else:  # a second process per node would die in torch.cuda.set_device(1) inside mmengine
+        with pytest.raises(RuntimeError, match='LOCAL_RANK=1 but only 1 GPU.*CUDA_VISIBLE_DEVICES='):
+            setup_cpu_distributed(cfg, 'pytorch')
+    assert 'model_wrapper_cfg' not in cfg and not dist.is_initialized()
 
 
 class _FakeRunner:

@@ -1,6 +1,7 @@
 """End-to-end runs of tools/train.py on a tiny synthetic ImageNet: resume is bit-identical,
 2-process gloo DDP equals one process on the combined batch, and the loss falls."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,9 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_CFG = REPO / 'configs/synthetic/imagenet_tiny.py'
 
 
-def _run(args, cwd=REPO, timeout=300):
+def _run(args, cwd=REPO, timeout=300, env=None):
     proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
     assert proc.returncode == 0, f'{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
     return proc
 
@@ -83,9 +84,10 @@ def test_auto_resume_picks_latest(tmp_path, data_root):
 def test_ddp_two_gloo_processes_equal_one_process(tmp_path, data_root):
     single = _config(tmp_path, data_root, 'single', augment=False, batch_size=4, epochs=1)
     ddp = _config(tmp_path, data_root, 'ddp', augment=False, batch_size=2, epochs=1)
-    _run(['tools/train.py', str(single), '--work-dir', str(tmp_path / 'single')])
+    cpu_only = {**os.environ, 'CUDA_VISIBLE_DEVICES': ''}  # gloo on CPU also on a GPU machine, both runs
+    _run(['tools/train.py', str(single), '--work-dir', str(tmp_path / 'single')], env=cpu_only)
     _run(['-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29517',
-          'tools/train.py', str(ddp), '--work-dir', str(tmp_path / 'ddp'), '--launcher', 'pytorch'])
+          'tools/train.py', str(ddp), '--work-dir', str(tmp_path / 'ddp'), '--launcher', 'pytorch'], env=cpu_only)
     a, b = _weights(tmp_path / 'single/epoch_1.pth'), _weights(tmp_path / 'ddp/epoch_1.pth')
     assert a.keys() == b.keys() and len(a) > 10
     for k in a:
