@@ -1,6 +1,8 @@
-"""tools/camera_ablation.py: a tiny random-weight detector swept end to end on the synthetic
-nuScenes fixture (clean run + 2 severities; the config points at a missing dataroot and --data-root
-swaps in the fixture), CSV / markdown / PNG written, the perturbation really applied to every test
+"""tools/camera_ablation.py: a tiny, briefly trained detector (tiny_detector.trained_checkpoint, not the
+Runner's own initialisation) swept end to end on the synthetic nuScenes fixture (clean run + 2
+severities; the config points at a missing dataroot and --data-root swaps in the fixture); the clean
+run's metrics equal the checkpoint model's scored independently (and differ from the Runner's initial
+model's), CSV / markdown / PNG written, the perturbation really applied to every test
 sample of the perturbed runs only; relative drops and mean +- std against hand-computed values;
 pipeline insertion, run planning and clear errors for bad sweeps / severities / roots."""
 import csv
@@ -12,7 +14,8 @@ import pytest
 from sf3d.datasets import synthetic_nuscenes
 from sf3d.datasets.nuscenes_info import create_nuscenes_infos
 from sf3d.datasets.transforms import perturb
-from tiny_detector import random_checkpoint, tiny_detector_config
+from tiny_detector import (checkpoint_state, predict, reference_metric, runner_initial_state, tiny_detector_config,
+                           trained_checkpoint)
 from tool_loader import load_tool
 
 MISSING_ROOT = '/nonexistent/sf3d_nuscenes/'
@@ -21,18 +24,39 @@ tool = load_tool('camera_ablation')
 
 
 @pytest.fixture(scope='module')
-def config_and_ckpt(tmp_path_factory):
+def config_and_ckpt(nuscenes_root, tmp_path_factory):
     """The demo detector config shrunk to a tiny model whose test data root does not exist (the tool's
-    --data-root supplies it), and a checkpoint of its randomly initialised model."""
+    --data-root supplies it), and a checkpoint of it trained a few steps on the fixture's train split."""
     out = tmp_path_factory.mktemp('camera_ablation_cfg')
     cfg = tiny_detector_config({'test_dataloader.dataset.data_root': MISSING_ROOT,
                                 'test_evaluator.data_root': MISSING_ROOT, 'default_hooks.logger.interval': 1})
     cfg_path = out / 'tiny_ablation.py'
     cfg.dump(str(cfg_path))
-    return cfg_path, random_checkpoint(cfg, out / 'random.pth')
+    return cfg_path, trained_checkpoint(cfg, out / 'trained.pth', nuscenes_root)
 
 
-def test_focal_sweep_end_to_end(config_and_ckpt, nuscenes_root, tmp_path, monkeypatch):
+@pytest.fixture(scope='module')
+def clean_references(config_and_ckpt, nuscenes_root, tmp_path_factory):
+    """NDS, mAP and TP errors on the fixture's val split of (the checkpoint's model, the model the Runner
+    builds before loading it), each run directly and scored by a NuScenesMetric of our own."""
+    out = tmp_path_factory.mktemp('camera_ablation_refs')
+    cfg = tiny_detector_config({'test_dataloader.dataset.data_root': str(nuscenes_root),
+                                'test_evaluator.data_root': str(nuscenes_root)})
+    refs = []
+    for name, state in (('ckpt', checkpoint_state(config_and_ckpt[1])), ('init', runner_initial_state(cfg, out))):
+        metrics, _ = reference_metric(cfg, predict(cfg, state), out / name)
+        refs.append({m: metrics[f'NuScenes/{m}'] for m in tool.METRICS})
+    assert refs[0]['NDS'] != pytest.approx(refs[1]['NDS'], rel=1e-3)
+    return refs
+
+
+def _assert_clean_run_is_the_checkpoint(row, clean_references):
+    checkpoint, initial = clean_references
+    assert {m: row[m] for m in tool.METRICS} == pytest.approx(checkpoint, rel=1e-6, abs=1e-9)
+    assert row['NDS'] != pytest.approx(initial['NDS'], rel=1e-3)
+
+
+def test_focal_sweep_end_to_end(config_and_ckpt, clean_references, nuscenes_root, tmp_path, monkeypatch):
     cfg_path, ckpt = config_and_ckpt
     calls = []
     original = perturb.FocalScale.__call__
@@ -55,6 +79,7 @@ def test_focal_sweep_end_to_end(config_and_ckpt, nuscenes_root, tmp_path, monkey
     assert [r['severity'] for r in rows] == ['clean', '0.9', '1.1'] and {r['seed'] for r in rows} == {'0'}
     assert rows[0]['perturbation'] == '' and '"scale": 0.9' in rows[1]['perturbation']
     clean_nds = float(rows[0]['NDS'])
+    _assert_clean_run_is_the_checkpoint(result['rows'][0], clean_references)
     for row, run in zip(rows, result['rows']):
         for m in tool.METRICS:  # NDS, mAP in [0, 1]; TP errors >= 0 (metres, radians, m/s can exceed 1)
             assert 0.0 <= float(row[m]) <= (1.0 if m in ('NDS', 'mAP') else np.inf)

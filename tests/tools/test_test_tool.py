@@ -1,11 +1,18 @@
-"""tools/test.py --format-only / --test-split test on a synthetic nuScenes v1.0-test set: a tiny
-detector with random weights writes results_nusc.json into the work dir; its keys are exactly the
-split's sample tokens (read from the devkit's tables), its meta is a camera submission and the
-devkit's own loader reads it. Errors: a missing test info file, a non-nuScenes evaluator."""
+"""tools/test.py with a briefly trained tiny detector (tiny_detector.trained_checkpoint: another seed
+than the Runner's, a few training steps), so a tool that ignored the checkpoint would fail.
+
+--test-split test on a synthetic nuScenes v1.0-test set writes results_nusc.json into the work dir:
+its keys are exactly the split's sample tokens (read from the devkit's tables), every sample has
+boxes, the boxes are those of the checkpoint's model run directly (no Runner) and not those of the
+Runner's own initialisation, its meta is a camera submission and the devkit's own loader reads it.
+On v1.0-mini val the returned metrics and the written results equal the checkpoint model's, scored
+independently, and differ from the Runner's initialisation's. Errors: a missing test info file, a
+non-nuScenes evaluator."""
 import json
 import shutil
 
 import pytest
+import torch
 from mmengine.config import Config
 from nuscenes import NuScenes
 from nuscenes.eval.common.loaders import load_prediction
@@ -14,7 +21,8 @@ from nuscenes.utils import splits
 
 from sf3d.datasets import synthetic_nuscenes
 from sf3d.datasets.nuscenes_info import create_nuscenes_infos
-from tiny_detector import random_checkpoint, tiny_detector_config
+from tiny_detector import (assert_same_submission, checkpoint_state, predict, reference_metric,
+                           assert_scores_not_from, runner_initial_state, tiny_detector_config, trained_checkpoint)
 from tool_loader import load_tool
 
 
@@ -47,16 +55,42 @@ def _tiny_cfg(data_root) -> Config:
 
 
 @pytest.fixture(scope='module')
-def config_and_ckpt(test_root, tmp_path_factory):
-    """A tiny detector config file and a checkpoint of its randomly initialised model."""
+def config_and_ckpt(test_root, nuscenes_root, tmp_path_factory):
+    """A tiny detector config file on the v1.0-test set and a checkpoint of its model trained a few
+    steps on the v1.0-mini fixture's train split."""
     out = tmp_path_factory.mktemp('test_tool_cfg')
     cfg = _tiny_cfg(test_root)
     cfg_path = out / 'tiny_test.py'
     cfg.dump(str(cfg_path))
-    return cfg_path, random_checkpoint(cfg, out / 'random.pth')
+    return cfg_path, trained_checkpoint(cfg, out / 'trained.pth', nuscenes_root)
 
 
-def test_test_split_writes_a_valid_submission(config_and_ckpt, test_tokens, tmp_path, capsys):
+@pytest.fixture(scope='module')
+def initial_state(config_and_ckpt, tmp_path_factory):
+    """The weights the Runner builds from the config before loading a checkpoint; not the checkpoint's."""
+    state = runner_initial_state(Config.fromfile(config_and_ckpt[0]), tmp_path_factory.mktemp('runner_init'))
+    ckpt = checkpoint_state(config_and_ckpt[1])
+    assert state.keys() == ckpt.keys() and not all(torch.equal(state[k], ckpt[k]) for k in ckpt)
+    return state
+
+
+def _test_split_cfg(test_root) -> Config:
+    cfg = _tiny_cfg(test_root)
+    cfg.test_dataloader.dataset.update(ann_file='nuscenes_infos_test.pkl', test_mode=True)
+    return cfg
+
+
+def _test_split_reference(test_root, state, out_dir):
+    """The submission that ``state``'s model, run directly on the v1.0-test samples, should give."""
+    cfg = _test_split_cfg(test_root)
+    metrics, submission = reference_metric(cfg, predict(cfg, state), out_dir, format_only=True, version='v1.0-test',
+                                           eval_set='test', ann_file=str(test_root / 'nuscenes_infos_test.pkl'))
+    assert metrics == {}
+    return submission
+
+
+def test_test_split_writes_a_valid_submission(config_and_ckpt, initial_state, test_root, test_tokens, tmp_path,
+                                              capsys):
     cfg_path, ckpt = config_and_ckpt
     work = tmp_path / 'work'
     metrics = tool.main([str(cfg_path), str(ckpt), '--work-dir', str(work), '--test-split', 'test'])
@@ -65,6 +99,10 @@ def test_test_split_writes_a_valid_submission(config_and_ckpt, test_tokens, tmp_
     assert f'nuScenes submission written and validated: {result}' in capsys.readouterr().out
     submission = json.loads(result.read_text())
     assert set(submission['results']) == test_tokens
+    # boxes for every sample of the split, and they are the checkpoint model's, not the Runner's initial model's
+    assert all(len(boxes) > 0 for boxes in submission['results'].values())
+    assert_same_submission(submission, _test_split_reference(test_root, checkpoint_state(ckpt), tmp_path / 'ref'))
+    assert_scores_not_from(submission, predict(_test_split_cfg(test_root), initial_state))
     assert submission['meta'] == dict(use_camera=True, use_lidar=False, use_radar=False, use_map=False,
                                       use_external=False)
     loaded, meta = load_prediction(str(result), 500, DetectionBox, verbose=False)
@@ -74,6 +112,28 @@ def test_test_split_writes_a_valid_submission(config_and_ckpt, test_tokens, tmp_
     assert len(loaded.all) == num_boxes
     for token, boxes in submission['results'].items():
         assert all(b['sample_token'] == token and b['detection_score'] >= 0 for b in boxes)
+
+
+def test_metrics_and_results_come_from_the_checkpoint(config_and_ckpt, initial_state, nuscenes_root, tmp_path):
+    """v1.0-mini val: the tool's metrics (NDS, mAP, TP errors, per-class AP) and results_nusc.json equal
+    those of the checkpoint's model run directly and scored by a NuScenesMetric of our own; the Runner's
+    initial model scores differently."""
+    cfg = _tiny_cfg(nuscenes_root)
+    cfg_path = tmp_path / 'tiny_val.py'
+    cfg.dump(str(cfg_path))
+    ckpt = config_and_ckpt[1]
+    metrics = tool.main([str(cfg_path), str(ckpt), '--work-dir', str(tmp_path / 'work'),
+                         '--cfg-options', f'test_evaluator.jsonfile_prefix={tmp_path / "out"}'])
+    expected, submission = reference_metric(cfg, predict(cfg, checkpoint_state(ckpt)), tmp_path / 'ref')
+    assert len(expected) == 17 and expected['NuScenes/NDS'] > 0  # NDS, mAP, 5 TP errors, 10 class APs
+    assert metrics == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    assert_same_submission(json.loads((tmp_path / 'out' / 'results_nusc.json').read_text()), submission)
+    assert len(submission['results']) == 4 and all(len(b) > 0 for b in submission['results'].values())
+    initial_predictions = predict(cfg, initial_state)
+    assert_scores_not_from(submission, initial_predictions)
+    initial, _ = reference_metric(cfg, initial_predictions, tmp_path / 'init')
+    assert metrics['NuScenes/NDS'] != pytest.approx(initial['NuScenes/NDS'], rel=1e-3)
+    assert metrics['NuScenes/mAP'] != pytest.approx(initial['NuScenes/mAP'], rel=1e-3)
 
 
 def test_test_split_rewrites_the_config(config_and_ckpt, test_root, tmp_path):
