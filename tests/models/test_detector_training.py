@@ -231,7 +231,11 @@ def test_training_through_degenerate_samples(case, variant):
 # ---------------------------------------------------------------------------------- one-sample overfit
 OVERFIT_GRID = (3, 4)
 OVERFIT_PC_RANGE = (-20.0, -20.0, -4.0, 20.0, 20.0, 4.0)
-OVERFIT_STEPS = 250
+# 250 AdamW steps at lr 2e-3, then 50 at 2e-4. At a constant lr the final boxes jitter with Adam's step
+# size: over seeds 0-5 and three CPU kernel sets (ATEN_CPU_CAPABILITY default / avx2 / avx512) the worst
+# matched centre error was 0.41 m against the 0.5 m criterion, so another machine's numerics could miss a
+# GT. After the lr drop it was 0.05 m and every size was within 1 %.
+OVERFIT_STEPS, OVERFIT_FINE_STEPS = 250, 50
 # x, y, z_bottom, l, w, h, yaw, label: five classes, each visible in a view of the 3-camera rig
 OVERFIT_GT = np.array([
     [12.0, 2.0, -1.6, 4.2, 1.8, 1.6, 0.3, 0],   # car, front
@@ -280,7 +284,7 @@ def unmatched(pred, boxes, labels, score_thr=0.3, centre_tol=0.5, size_tol=0.2):
 
 
 def train_overfit(seed=0):
-    """The full detector trained OVERFIT_STEPS AdamW steps on one rendered sample; returns
+    """The full detector trained OVERFIT_STEPS + OVERFIT_FINE_STEPS AdamW steps on one rendered sample; returns
     (trained detector, untrained copy, inputs, samples, boxes, labels)."""
     ks, l2cs = rig(camera(0.0), camera(math.radians(75)), camera(math.radians(-75)))
     cameras = batched_cameras((ks, l2cs))
@@ -292,13 +296,15 @@ def train_overfit(seed=0):
                          head=dict(pc_range=OVERFIT_PC_RANGE), seed=seed)
     det, untrained = make(), make().eval()
     opt = torch.optim.AdamW(det.parameters(), lr=2e-3, weight_decay=0.0)
+    drop = torch.optim.lr_scheduler.MultiStepLR(opt, [OVERFIT_STEPS], gamma=0.1)
     det.train()
-    for _ in range(OVERFIT_STEPS):
+    for _ in range(OVERFIT_STEPS + OVERFIT_FINE_STEPS):
         loss = sum(det(inputs, samples, mode='loss').values())
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(det.parameters(), 35.0)
         opt.step()
+        drop.step()
     return det.eval(), untrained, inputs, samples, boxes, labels
 
 
@@ -432,8 +438,8 @@ def test_bf16_autocast_loss_and_predict(variant):
         torch.testing.assert_close(torch.linalg.cross(rel, d, dim=-1), torch.zeros_like(rel), atol=1e-4, rtol=0)
         # only the depth MLP runs in bf16: the references move along their rays by < 1 %
         torch.testing.assert_close(out['token_depths'], ref_out['token_depths'], rtol=1e-2, atol=0)
-    else:  # bf16 reference points (test_learned_reference_points_stay_fp32_under_autocast): ~0.5 m off
-        torch.testing.assert_close(out['ref_points'].float(), ref_out['ref_points'], atol=0.6, rtol=0)
+    else:  # learned references come from the query embedding with autocast off: the same fp32 numbers
+        assert out['ref_points'].dtype == torch.float32 and torch.equal(out['ref_points'], ref_out['ref_points'])
     for p, r in zip(pred, ref_pred):  # (the top boxes are compared on the trained model below)
         p, r = p['pred_instances_3d'], r['pred_instances_3d']
         assert len(p['scores_3d']) == len(r['scores_3d']) > 0
@@ -446,8 +452,7 @@ def test_learned_reference_points_stay_fp32_under_autocast():
         ref = det.learned_queries(1)[2]
         with bf16():
             ref_bf16 = det.learned_queries(1)[2]
-    assert ref_bf16.dtype == torch.float32
-    torch.testing.assert_close(ref_bf16, ref, atol=1e-4, rtol=0)
+    assert ref_bf16.dtype == torch.float32 and torch.equal(ref_bf16, ref)
 
 
 def test_bf16_predictions_of_the_overfit_model_match_fp32(overfit):
