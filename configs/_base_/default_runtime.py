@@ -19,7 +19,9 @@ env_cfg = dict(
 randomness = dict(seed=0, deterministic=False)
 
 vis_backends = [dict(type='LocalVisBackend')]
-visualizer = dict(type='Visualizer', vis_backends=vis_backends, name='visualizer')
+# No fixed `name`: the Runner names the instance after the experiment, so runs in one process
+# (tools called as functions) each log to their own vis_data/ instead of the first run's.
+visualizer = dict(type='Visualizer', vis_backends=vis_backends)
 log_processor = dict(type='LogProcessor', window_size=50, by_epoch=True)
 log_level = 'INFO'
 load_from = None
