@@ -8,10 +8,10 @@ branch made the same change, unreleased). Checkpoints are the user's own files, 
 of ``torch.load`` before 2.6. A file that cannot be read raises :class:`CorruptCheckpointError`
 naming it.
 
-Saving: mmengine writes a checkpoint in place (``save_checkpoint`` -> ``LocalBackend.put``) and
-``CheckpointHook`` rewrites ``work_dir/last_checkpoint`` in place, so a kill mid-write leaves a
-truncated file under the final name. :func:`make_checkpoint_writes_atomic` routes both through
-:func:`atomic_write` (temporary file in the same directory, fsync, ``os.replace``).
+Saving: mmengine writes a checkpoint in place (``save_checkpoint`` -> ``LocalBackend.put``), so a
+kill mid-write leaves a truncated file under the final name. :func:`make_checkpoint_writes_atomic`
+routes every put through :func:`atomic_write` (temporary file in the same directory, fsync,
+``os.replace``).
 
 Resuming: :func:`find_resumable_checkpoint` returns the newest checkpoint of a work dir that
 passes :func:`verify_checkpoint`, naming each file it skips.
@@ -29,7 +29,6 @@ from typing import IO, Iterator, List, Optional
 import torch
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.fileio import io as mm_io
-from mmengine.hooks import checkpoint_hook
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
@@ -157,19 +156,12 @@ class AtomicLocalBackend(LocalBackend):
             f.write(obj)
 
 
-def _checkpoint_hook_open(file, mode: str = 'r', **kwargs):
-    """``open`` as mmengine's checkpoint_hook module sees it: writes (its only one is
-    ``last_checkpoint``) go through :func:`atomic_write`."""
-    if 'w' in mode:
-        return atomic_write(file, mode, encoding=kwargs.get('encoding'))
-    return open(file, mode, **kwargs)
-
-
 def make_checkpoint_writes_atomic() -> None:
     """Register :class:`AtomicLocalBackend` as mmengine's 'local' backend (dropping cached
-    instances of the stock one) and make ``CheckpointHook``'s ``last_checkpoint`` write atomic."""
+    instances of the stock one). ``CheckpointHook`` still rewrites ``last_checkpoint`` in place;
+    a torn one names no readable file, and :func:`find_resumable_checkpoint` then falls back to the
+    newest intact checkpoint of the work dir."""
     register_backend('local', AtomicLocalBackend, force=True, prefixes='')
     for key, backend in list(mm_io.backend_instances.items()):
         if type(backend) is LocalBackend:
             del mm_io.backend_instances[key]
-    checkpoint_hook.open = _checkpoint_hook_open
