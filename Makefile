@@ -61,8 +61,10 @@ demo-imagenet: $(STAMP)
 	$(PY) tools/test.py configs/synthetic/imagenet_tiny.py \
 	    "$$(ls -t $(IMAGENET_WORK_DIR)/best_accuracy_top1_epoch_*.pth | head -n 1)" --work-dir $(IMAGENET_WORK_DIR)
 
+# Two xdist workers (the CI machine has 2 cores); --dist loadfile keeps a module's tests, and so its
+# module-scoped fixtures (trained models, synthetic datasets), on one worker.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 clean-demo:
 	rm -rf $(DEMO_NUSC) $(DEMO_WORK_DIR) $(IMAGENET_DATA) $(IMAGENET_WORK_DIR)

@@ -1,8 +1,14 @@
 """Fixtures shared across test modules."""
+import os
+
 import pytest
+import torch
 
 from sf3d.datasets import synthetic_nuscenes
 from sf3d.datasets.nuscenes_info import create_nuscenes_infos
+
+if os.environ.get('PYTEST_XDIST_WORKER'):  # `make test` runs one xdist worker per core
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope='session')
