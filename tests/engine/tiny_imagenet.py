@@ -17,8 +17,12 @@ LOGGED = ('loss', 'lr', 'epoch', 'iter', 'step')  # scalars.json keys that must 
 
 def run_python(args, expect: int = 0, timeout: int = 120) -> str:
     """Run ``python args`` from the repository root (tests/ on PYTHONPATH, for signal_hook) in its own
-    process group, killed whole on timeout; check the exit status and return stdout + stderr."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / 'tests'), os.environ.get('PYTHONPATH', '')]))
+    process group, killed whole on timeout; check the exit status and return stdout + stderr. The child
+    computes with this process's torch thread count (OMP_NUM_THREADS): its weights are compared bit for
+    bit with runs made in this process, and a reduction split over another number of threads rounds
+    differently (under `make test`, xdist workers run one thread)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / 'tests'), os.environ.get('PYTHONPATH', '')]),
+               OMP_NUM_THREADS=str(torch.get_num_threads()))
     with subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, start_new_session=True) as proc:
         try:
