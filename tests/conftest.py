@@ -7,8 +7,9 @@ import torch
 from sf3d.datasets import synthetic_nuscenes
 from sf3d.datasets.nuscenes_info import create_nuscenes_infos
 
-if os.environ.get('PYTEST_XDIST_WORKER'):  # `make test` runs one xdist worker per core
-    torch.set_num_threads(1)
+if os.environ.get('PYTEST_XDIST_WORKER'):  # `make test` runs one xdist worker per core:
+    torch.set_num_threads(1)  # one thread each, and for the tools they start in subprocesses
+    os.environ['OMP_NUM_THREADS'] = '1'
 
 
 @pytest.fixture(scope='session')
