@@ -1,8 +1,10 @@
 """Every config under configs/ loads, names registered types, and builds its model and
-optimizer; the recipe numbers the issue fixes are what the ImageNet configs say."""
+optimizer; every detector config's head samples the FPN strides DETR3D's rule gives (measured by a
+tiny forward); the recipe numbers the issue fixes are what the ImageNet configs say."""
 from pathlib import Path
 
 import pytest
+import torch
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DefaultScope
@@ -33,11 +35,34 @@ def test_config_builds(path):
         cfg.model.backbone.pretrained = None
     model = MODELS.build(cfg.model)
     build_optim_wrapper(model, cfg.optim_wrapper)
+    if cfg.model.type == 'MultiViewDetector':
+        _check_sampled_strides(path, model)
     for split in ('train', 'val', 'test'):
         assert DATASETS.get(cfg[f'{split}_dataloader'].dataset.type) is not None
         for step in cfg[f'{split}_dataloader'].dataset.get('pipeline', []):
             assert TRANSFORMS.get(step.type) is not None, step.type
     assert METRICS.get(cfg.val_evaluator.type) is not None
+
+
+# Strides of the FPN levels the DETR3D head samples. DETR3D's rule: the FPN reads C3-C5 (strides 8, 16,
+# 32; its ResNet returns C2-C5 and the FPN starts at level 1) and adds stride-2 levels up to num_outs.
+# nuScenes configs: num_outs 4 -> 8, 16, 32, 64 (DETR3D's). Synthetic configs: num_outs 3, no extra level
+# -> 8, 16, 32. The pixel supervision reads the first level: stride 8.
+SAMPLED_STRIDES = {'nuscenes': [8, 16, 32, 64], 'synthetic': [8, 16, 32]}
+
+
+def _check_sampled_strides(path: Path, model) -> None:
+    """The strides the head samples, measured: a (1, 3, 64, 128) image through the backbone and FPN
+    (a tiny forward); they must equal the declared ``feat_strides`` and the rule above."""
+    expected = SAMPLED_STRIDES[path.relative_to(CONFIG_DIR).parts[0]]
+    x = torch.zeros(1, 3, 64, 128)
+    with torch.no_grad():
+        feats = model.neck(model.eval().backbone(x)['features'])
+    measured = [(64 // f.shape[-2], 128 // f.shape[-1]) for f in feats]
+    assert measured == [(s, s) for s in expected], measured
+    assert model.feat_strides == expected and model.head.decoder.layers[0].cross_attn.num_levels == len(expected)
+    if model.pixel_loss is not None:
+        assert model.feat_strides[0] == 8  # the pixel supervision's level
 
 
 def test_imagenet_recipe():

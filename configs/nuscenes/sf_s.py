@@ -13,6 +13,6 @@ model = dict(
                   drop_path_rate=0.1, with_cp=False, init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     query_mode='spatial_tokens',
     conditioning='ray',  # none | intrinsics | extrinsics | ray | frustum (configs/nuscenes/ablations)
-    depth_range=(1.0, 50.0),  # metres along the ray; within the point-cloud range (no clamping)
+    depth_range=(1.0, 50.0),  # metres along the ray, cut to the ray's segment inside the point-cloud range
 )
 default_hooks = dict(checkpoint=dict(interval=2, max_keep_ckpts=3, save_best='NuScenes/NDS', rule='greater'))

@@ -13,7 +13,7 @@ model = dict(
     backbone=dict(_delete_=True, type='SpatialFormer',
                   arch=dict(dims=(32, 64, 128, 160), heads=(1, 2, 4, 5), depths=(1, 1, 2, 1)),
                   spatial_grid=(6, 10), out_indices=(1, 2, 3), drop_path_rate=0.0),
-    neck=dict(num_outs=3, add_extra_convs=False),
+    neck=dict(num_outs=3, add_extra_convs=False),  # C3-C5 without an extra level: strides 8, 16, 32
     head=dict(num_layers=3, num_heads=4, ffn_dims=256, dropout=0.0),
     embed_dims=128,
     token_loss=dict(cls_weight=1.0, depth_weight=0.1, assign=True),

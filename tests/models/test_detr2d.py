@@ -11,7 +11,8 @@ from torchvision.ops import box_iou
 
 from sf3d.models.backbones.spatialformer import SpatialFormer
 from sf3d.models.detectors.detr2d import DETR2D, token_cell_boxes, to_original_boxes
-from sf3d.models.heads.detr2d_head import DETR2DHead, HungarianMatcher2D, _num_gt, memory_positions
+from sf3d.models.heads.detr2d_head import DETR2DHead, HungarianMatcher2D, memory_positions
+from sf3d.models.layers import avg_num_targets
 from sf3d.registry import MODELS
 
 ARCH = dict(dims=(16, 32, 64, 64), heads=(1, 2, 4, 4), depths=(1, 1, 1, 1))
@@ -121,14 +122,14 @@ _RANK_EXPECTED = [4.5, 2.0, 1.0, 1.0]
 def _num_gt_worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.distributed.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
     try:
-        values = [_num_gt(counts[rank], torch.device('cpu')) for counts in _RANK_COUNTS]
+        values = [avg_num_targets(counts[rank], torch.device('cpu')) for counts in _RANK_COUNTS]
     finally:
         torch.distributed.destroy_process_group()
     (Path(out_dir) / f'rank{rank}.json').write_text(json.dumps(values))
 
 
 def test_num_gt_is_averaged_over_ranks(tmp_path):
-    assert _num_gt(0, torch.device('cpu')) == 1.0 and _num_gt(7, torch.device('cpu')) == 7.0  # no process group
+    assert avg_num_targets(0, torch.device('cpu')) == 1.0 and avg_num_targets(7, torch.device('cpu')) == 7.0  # no group
     torch.multiprocessing.spawn(_num_gt_worker, args=(str(tmp_path / 'pg'), str(tmp_path)), nprocs=2)
     for rank in (0, 1):
         assert json.loads((tmp_path / f'rank{rank}.json').read_text()) == _RANK_EXPECTED, f'rank {rank}'

@@ -1,6 +1,9 @@
-"""DETR3D-style head: feature sampling, box code, Hungarian matching, decoder, losses, overfit."""
+"""DETR3D-style head: feature sampling, box code, Hungarian matching, decoder, losses (normalised
+over ranks), DETR3D's initialisation, overfit."""
 import itertools
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,3 +241,88 @@ def test_tiny_overfit_reaches_gt(one_thread):
     for box, lab in zip(top, pred['labels_3d'][:3]):
         g = gt[labels == lab][0]
         assert torch.linalg.norm(box[:3] - g[:3]) < 0.5, (box, g)
+
+
+# ---------------------------------------------------------------- initialisation (DETR3D)
+def _uniform_law(w: torch.Tensor, bound: float) -> None:
+    """w looks drawn from U(-bound, bound): inside the bound and std within 5 % of bound / sqrt(3)."""
+    assert w.abs().max() <= bound
+    assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05), (tuple(w.shape), bound)
+
+
+def test_init_matches_detr3d():
+    """DETR3D's Detr3DTransformer.init_weights + Detr3DHead.init_weights at the nuScenes config's sizes:
+    xavier_uniform on every >= 2-D decoder weight (self-attention q, k, v as ONE (3C, C) in_proj of
+    nn.MultiheadAttention, zero biases), cross-attention weights zero, output_proj xavier with zero bias,
+    classifier bias at prior 0.01; the branches keep nn.Linear's default U(+-1 / sqrt(fan_in))."""
+    torch.manual_seed(0)
+    C = 256
+    head = DETR3DHead(embed_dims=C, num_heads=8, ffn_dims=512, num_layers=2, num_cams=6, num_levels=4)
+    xavier = lambda w: math.sqrt(6.0 / (w.shape[0] + w.shape[1]))  # noqa: E731  fan_out, fan_in = shape
+    checked = 0
+    for name, p in head.decoder.named_parameters():
+        leaf = name.split('.', 2)[-1]  # layers.{i}.self_attn.q.weight -> self_attn.q.weight
+        if leaf.startswith('cross_attn.attention_weights'):
+            assert (p == 0).all(), name
+        elif leaf.startswith(('self_attn.q.', 'self_attn.k.', 'self_attn.v.')) and p.dim() == 2:
+            _uniform_law(p, math.sqrt(6.0 / (C + 3 * C)))
+        elif p.dim() > 1:
+            _uniform_law(p, xavier(p))
+        elif leaf.startswith(('self_attn.', 'cross_attn.output_proj.')):
+            assert (p == 0).all(), name  # attention and output-projection biases
+        checked += p.dim() > 1
+    assert checked == 2 * (4 + 2 + 2 + 2)  # per layer: q k v proj, attention_weights + output_proj, 2 pos, 2 ffn
+    prior = -math.log(0.99 / 0.01)
+    for cls, reg in zip(head.cls_branches, head.reg_branches):
+        torch.testing.assert_close(cls[-1].bias, torch.full((10,), prior))
+        for lin in [m for m in (*cls, *reg) if isinstance(m, torch.nn.Linear)]:
+            _uniform_law(lin.weight, 1 / math.sqrt(lin.in_features))
+
+
+# ---------------------------------------------------------------- loss normaliser over ranks
+# #GT of (rank 0, rank 1) per case -> the normaliser both ranks must use: their mean, at least 1.
+_RANK_GT = [(0, 4), (1, 3), (2, 2), (0, 1)]
+_RANK_NORM = [2.0, 2.0, 2.0, 1.0]
+
+
+def _rank_case(rank: int, case: int):
+    """The same head on both ranks; rank-specific outputs (1 sample, 6 queries) and GT."""
+    torch.manual_seed(0)
+    head = _tiny_head()
+    g = torch.Generator().manual_seed(10 * case + rank)
+    outputs = dict(all_cls_scores=torch.randn(2, 1, 6, 10, generator=g),
+                   all_bbox_preds=torch.randn(2, 1, 6, 10, generator=g))
+    n = _RANK_GT[case][rank]
+    boxes = torch.cat([torch.randn(n, 3, generator=g) * 5, torch.rand(n, 3, generator=g) + 1,
+                       torch.randn(n, 3, generator=g)], 1)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    return head, outputs, [boxes], [labels]
+
+
+def _normaliser_worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.distributed.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
+    try:
+        synced = [{k: v.item() for k, v in head.loss(out, b, lab).items()}
+                  for head, out, b, lab in (_rank_case(rank, c) for c in range(len(_RANK_GT)))]
+    finally:
+        torch.distributed.destroy_process_group()
+    (Path(out_dir) / f'rank{rank}.json').write_text(json.dumps(synced))
+
+
+def test_loss_normaliser_is_averaged_over_ranks(tmp_path):
+    """DETR3D's sync_cls_avg_factor / reduce_mean: with 2 gloo ranks each rank divides its summed
+    losses by the mean #GT of the ranks (clamped to 1 after averaging), not by its own count."""
+    torch.multiprocessing.spawn(_normaliser_worker, args=(str(tmp_path / 'pg'), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        synced = json.loads((tmp_path / f'rank{rank}.json').read_text())
+        for case, (counts, norm) in enumerate(zip(_RANK_GT, _RANK_NORM)):
+            head, out, boxes, labels = _rank_case(rank, case)
+            local = head.loss(out, boxes, labels)  # no process group: divided by max(own #GT, 1)
+            own = max(counts[rank], 1)
+            for key, value in local.items():
+                assert synced[case][key] == pytest.approx(value.item() * own / norm, rel=1e-5), (rank, case, key)
+            if counts[rank] == 0:  # no GT: all-background focal loss over every logit, by hand (numpy)
+                logits = out['all_cls_scores'][-1].double().numpy()
+                p = 1 / (1 + np.exp(-logits))
+                focal = (0.75 * -np.log(1 - p) * p ** 2).sum()
+                assert synced[case]['loss_cls'] == pytest.approx(2.0 * focal / norm, rel=1e-5)

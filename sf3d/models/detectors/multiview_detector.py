@@ -12,8 +12,11 @@ tokens of all views instead:
 * positional query: an MLP of the Fourier-encoded Plücker coordinates ``(d, o x d)`` of the
   token's ray (LiDAR frame), the same ray geometry as the 'ray' conditioning;
 * initial reference point: the token's ray at a depth predicted from the token,
-  ``ref = o + depth * d`` with ``depth = d_min + (d_max - d_min) * sigmoid(MLP(token))``
-  (metres along the unit ray direction) -- geometry, not a learned constant.
+  ``ref = o + depth * d`` with ``depth = lo + (hi - lo) * sigmoid(MLP(token))`` (metres along the
+  unit ray direction) -- geometry, not a learned constant. ``[lo, hi]`` is ``depth_range`` cut to
+  the part of the ray inside the head's point-cloud range (:func:`ray_depth_bounds`): a token that
+  looks above or below the horizon meets the range's top or bottom face before ``d_max``, and a
+  reference beyond it would be clamped by the head, off its ray, where inverse_sigmoid saturates.
 
 Token supervision (``token_loss``, spatial-token mode; a deviation from DETR3D that this codebase
 adds for convergence): every GT box whose gravity centre projects into a view marks the token
@@ -62,9 +65,40 @@ from sf3d.models.necks.fpn import FPN
 from sf3d.registry import MODELS
 from sf3d.structures import LiDARBoxes, MultiViewCameras
 
-__all__ = ['MultiViewDetector']
+__all__ = ['MultiViewDetector', 'ray_depth_bounds']
 
 QUERY_MODES = ('spatial_tokens', 'learned')
+
+
+REF_MARGIN = 1e-3  # fraction of each pc_range extent kept between a token's reference and the range's faces
+
+
+@torch.no_grad()
+def ray_depth_bounds(origins: Tensor, dirs: Tensor, pc_range: Sequence[float], depth_range: Sequence[float],
+                     margin: float = REF_MARGIN) -> tuple[Tensor, Tensor]:
+    """Depth interval ``[lo, hi]`` of each ray's reference point: ``depth_range`` cut to the ray's
+    segment inside ``pc_range`` shrunk by ``margin`` of each extent (slab method).
+
+    Args:
+        origins, dirs: (..., 3) rays in the LiDAR frame (unit directions).
+        pc_range: ``[x0, y0, z0, x1, y1, z1]``; depth_range: (d_min, d_max) metres.
+    Returns:
+        lo, hi (...) metres along the ray, ``lo < hi``. Every ``o + t d`` with ``lo <= t <= hi``
+        normalises into ``[margin, 1 - margin]^3`` of pc_range, so the head uses it unclamped and
+        inverse_sigmoid keeps its gradient. A ray whose segment inside the range misses
+        ``depth_range`` (a camera outside the range, or facing away from it) keeps ``depth_range``;
+        only such references are clamped by the head.
+    """
+    r = origins.new_tensor(pc_range)
+    extent = r[3:] - r[:3]
+    box_lo, box_hi = r[:3] + margin * extent, r[3:] - margin * extent
+    safe = torch.where(dirs.abs() < 1e-9, torch.full_like(dirs, 1e-9), dirs)  # parallel to a slab: all or nothing
+    t1, t2 = (box_lo - origins) / safe, (box_hi - origins) / safe  # (..., 3) each
+    t_in, t_out = torch.minimum(t1, t2).amax(-1), torch.maximum(t1, t2).amin(-1)  # (...) each
+    d_min, d_max = (float(v) for v in depth_range)
+    lo, hi = t_in.clamp(min=d_min), t_out.clamp(max=d_max)
+    inside = hi > lo
+    return torch.where(inside, lo, d_min), torch.where(inside, hi, d_max)
 
 
 def _plucker(origins: Tensor, dirs: Tensor) -> Tensor:
@@ -182,7 +216,8 @@ class MultiViewDetector(BaseModel):
             first BCA block; ``'output'`` (an ablation) leaves the backbone unconditioned and
             modulates its FINAL tokens (before the query, depth and token-class maps).
         embed_dims: decoder width C.
-        depth_range: (d_min, d_max) metres of the predicted depth along each token's ray.
+        depth_range: (d_min, d_max) metres of the predicted depth along each token's ray, further cut
+            to the ray's segment inside the head's ``pc_range`` (:func:`ray_depth_bounds`).
         ray_num_freqs: Fourier octaves of the Plücker coordinates in the positional query.
         token_loss: ``dict(cls_weight=..., depth_weight=..., assign=False)`` turns on the token
             supervision (module docstring; spatial-token mode only), None (default) leaves it off.
@@ -310,7 +345,8 @@ class MultiViewDetector(BaseModel):
                       image_size: Sequence[int]) -> dict:
         """Spatial tokens (B, N, M, C_last) -> dict(query (B, Q, C), query_pos (B, Q, C),
         ref_points (B, Q, 3) metres (LiDAR frame), depth (B, Q) metres along the ray, origins and
-        dirs (B, Q, 3) the token rays), with Q = N * M in camera-major order."""
+        dirs (B, Q, 3) the token rays), with Q = N * M in camera-major order. Each reference stays on
+        its ray inside the head's pc_range (module docstring)."""
         B, N, M, _ = tokens.shape
         with torch.no_grad():
             origins, dirs = cameras.pixel_grid_rays(self.backbone.spatial_grid, tuple(image_size))  # (B, N, M, 3) x 2
@@ -319,8 +355,8 @@ class MultiViewDetector(BaseModel):
         query = self.query_proj(tokens)  # (B, Q, C)
         ray_code = fourier_features(_plucker(origins, dirs), self.ray_num_freqs).to(query.dtype)  # (B, Q, 6 * (1 + 2F))
         query_pos = self.query_pos_mlp(ray_code)  # (B, Q, C)
-        d_min, d_max = self.depth_range
-        depth = d_min + (d_max - d_min) * self.depth_mlp(tokens).float().sigmoid()  # (B, Q, 1) metres along the ray
+        lo, hi = ray_depth_bounds(origins, dirs, self.head.pc_range, self.depth_range)  # (B, Q) each
+        depth = lo[..., None] + (hi - lo)[..., None] * self.depth_mlp(tokens).float().sigmoid()  # (B, Q, 1) metres
         return dict(query=query, query_pos=query_pos, ref_points=origins + depth * dirs, depth=depth[..., 0],
                     origins=origins, dirs=dirs)
 

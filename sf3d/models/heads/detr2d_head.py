@@ -36,7 +36,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
@@ -45,7 +44,7 @@ from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
 from sf3d.models.heads.assigner import focal_cost
 from sf3d.models.heads.box_coder import inverse_sigmoid
-from sf3d.models.layers import Attention, BoxDeformableAttention, Mlp, sincos_2d
+from sf3d.models.layers import Attention, BoxDeformableAttention, Mlp, avg_num_targets, sincos_2d
 
 __all__ = ['HungarianMatcher2D', 'DETR2DEncoderLayer', 'DETR2DDecoderLayer', 'DETR2DHead',
            'box_sine_embed', 'memory_positions', 'memory_valid']
@@ -204,15 +203,6 @@ def _box_loss_terms(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """Paired (M, 4) normalised cxcywh boxes -> unweighted sums of L1 and of (1 - GIoU) over the M pairs."""
     giou = generalized_box_iou(box_convert(pred, 'cxcywh', 'xyxy'), box_convert(target, 'cxcywh', 'xyxy')).diagonal()
     return (pred - target).abs().sum(), (1 - giou).sum()
-
-
-def _num_gt(total: int, device: torch.device) -> float:
-    """#GT of this rank, averaged over ranks when torch.distributed is initialised, at least 1 (DETR)."""
-    n = torch.tensor(float(total), device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(n)
-        n = n / dist.get_world_size()
-    return max(float(n), 1.0)
 
 
 class DETR2DHead(nn.Module):
@@ -398,7 +388,7 @@ class DETR2DHead(nn.Module):
         if len(gt_boxes) != B or len(gt_labels) != B:
             raise ValueError(f'DETR2DHead.loss: batch has {B} images but got {len(gt_boxes)} gt_boxes and '
                              f'{len(gt_labels)} gt_labels')
-        num_gt = _num_gt(sum(len(lab) for lab in gt_labels), all_cls.device)
+        num_gt = avg_num_targets(sum(len(lab) for lab in gt_labels), all_cls.device)
         losses = {}
         for lid in range(D):
             cls_l, box_l = all_cls[lid].float(), all_box[lid].float()  # (B, Q, K), (B, Q, 4)

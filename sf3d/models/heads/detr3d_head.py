@@ -34,6 +34,7 @@ from sf3d.models.heads.box_coder import (CODE_SIZE, PC_RANGE, POST_CENTER_RANGE,
                                          normalize_points)
 from sf3d.models.layers.attention import Attention
 from sf3d.models.layers.feature_sampling import sample_features
+from sf3d.models.layers.loss_normalizer import avg_num_targets
 from sf3d.structures import LiDARBoxes
 
 __all__ = ['DETR3DCrossAttention', 'DETR3DDecoderLayer', 'DETR3DDecoder', 'DETR3DHead']
@@ -58,6 +59,11 @@ class DETR3DCrossAttention(nn.Module):
         self.position_encoder = nn.Sequential(
             nn.Linear(3, embed_dims), nn.LayerNorm(embed_dims), nn.ReLU(inplace=True),
             nn.Linear(embed_dims, embed_dims), nn.LayerNorm(embed_dims), nn.ReLU(inplace=True))
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """DETR3D's ``Detr3DCrossAtten.init_weight``: zero attention weights (weight and bias: every
+        sample starts at sigmoid(0) = 0.5), Xavier-uniform output projection with zero bias."""
         nn.init.zeros_(self.attention_weights.weight)
         nn.init.zeros_(self.attention_weights.bias)
         nn.init.xavier_uniform_(self.output_proj.weight)
@@ -137,13 +143,14 @@ class DETR3DDecoder(nn.Module):
                     reg_outputs=torch.stack(regs) if regs else None)
 
 
+PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)  # classifier bias of prior probability 0.01 (focal loss)
+
+
 def _cls_branch(dims: int, num_classes: int, num_fcs: int = 2) -> nn.Sequential:
     layers = []
     for _ in range(num_fcs):
         layers += [nn.Linear(dims, dims), nn.LayerNorm(dims), nn.ReLU(inplace=True)]
-    fc = nn.Linear(dims, num_classes)
-    nn.init.constant_(fc.bias, -math.log((1 - 0.01) / 0.01))  # prior probability 0.01
-    return nn.Sequential(*layers, fc)
+    return nn.Sequential(*layers, nn.Linear(dims, num_classes))
 
 
 def _reg_branch(dims: int, num_fcs: int = 2) -> nn.Sequential:
@@ -190,10 +197,43 @@ class DETR3DHead(nn.Module):
         self.assigner = HungarianAssigner3D(cls_weight=cls_weight, reg_weight=reg_weight, alpha=alpha, gamma=gamma)
         self.bbox_decoder = NMSFreeDecoder(num_classes=num_classes, max_num=max_num,
                                            post_center_range=post_center_range)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """DETR3D's initialisation (``Detr3DTransformer.init_weights`` + ``Detr3DHead.init_weights``).
+
+        * ``xavier_uniform_`` on every parameter of the decoder with more than one dimension;
+        * each self-attention as the ``nn.MultiheadAttention`` DETR3D uses: q, k and v drawn as ONE
+          Xavier-uniform (3C, C) in-projection (bound ``sqrt(6 / (C + 3C))``), zero biases;
+        * each cross-attention re-initialised by :meth:`DETR3DCrossAttention.init_weights` (zero
+          attention weights, Xavier output projection with zero bias);
+        * every classifier's last bias at the prior probability 0.01.
+
+        The cls / reg branches otherwise keep PyTorch's ``nn.Linear`` initialisation, as in DETR3D
+        (they are outside its transformer). Called by ``__init__``; mmengine's ``BaseModule.init_weights``
+        of the detector calls it again, which draws anew from the same laws.
+        """
+        for p in self.decoder.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        for m in self.decoder.modules():
+            if isinstance(m, Attention):
+                c = m.q.in_features
+                bound = math.sqrt(6.0 / (c + 3 * c))  # xavier_uniform_ of a (3C, C) in_proj_weight
+                for lin in (m.q, m.k, m.v):
+                    nn.init.uniform_(lin.weight, -bound, bound)
+                for lin in (m.q, m.k, m.v, m.proj):
+                    if lin.bias is not None:
+                        nn.init.zeros_(lin.bias)
+            elif isinstance(m, DETR3DCrossAttention):
+                m.init_weights()
+        for branch in self.cls_branches:
+            nn.init.constant_(branch[-1].bias, PRIOR_BIAS)
 
     def forward(self, query: Tensor, query_pos: Tensor, ref_points: Tensor, feats: Sequence[Tensor],
                 lidar2img: Tensor, img_shape: Sequence[int]) -> dict:
-        """query, query_pos (B, Q, C); ref_points (B, Q, 3) metres (LiDAR frame); feats
+        """query, query_pos (B, Q, C); ref_points (B, Q, 3) metres (LiDAR frame), inside ``pc_range``
+        (a point outside is clamped onto its faces, where inverse_sigmoid saturates: no gradient); feats
         [L x (B, N, C, H_l, W_l)]; lidar2img (B, N, 4, 4); img_shape (H, W) of the padded input.
 
         Returns dict(all_cls_scores (D, B, Q, K) logits, all_bbox_preds (D, B, Q, 10) box codes
@@ -202,6 +242,9 @@ class DETR3DHead(nn.Module):
         if query.shape != query_pos.shape or ref_points.shape != query.shape[:2] + (3,):
             raise ValueError(f'DETR3DHead: query {tuple(query.shape)}, query_pos {tuple(query_pos.shape)} and '
                              f'ref_points {tuple(ref_points.shape)} must be (B, Q, C), (B, Q, C), (B, Q, 3)')
+        # The references must lie inside pc_range (normalised in (0, 1)) to stay where the caller put
+        # them: MultiViewDetector keeps each token's reference on its ray inside the range, learned
+        # ones are sigmoids. The clamp only catches what cannot be (a ray that never crosses the range).
         ref_norm = normalize_points(ref_points.float(), self.pc_range).clamp(0, 1)  # (B, Q, 3)
         dec = self.decoder(query, query_pos, ref_norm, feats, lidar2img, img_shape, self.reg_branches)
         all_cls, all_box = [], []
@@ -253,7 +296,9 @@ class DETR3DHead(nn.Module):
                 step at every layer (the rest is matched by cost).
         Returns:
             dict with ``loss_cls``, ``loss_bbox`` (last layer) and ``d{i}.loss_cls``,
-            ``d{i}.loss_bbox`` for the earlier layers; both normalised by max(#GT, 1).
+            ``d{i}.loss_bbox`` for the earlier layers; both normalised by the batch's #GT averaged
+            over the ranks, at least 1 (:func:`~sf3d.models.layers.loss_normalizer.avg_num_targets`;
+            DETR3D's ``sync_cls_avg_factor``). Under torch.distributed every rank must call it.
         """
         all_cls, all_box = outputs['all_cls_scores'], outputs['all_bbox_preds']
         D, B = all_cls.shape[:2]
@@ -261,7 +306,7 @@ class DETR3DHead(nn.Module):
             raise ValueError(f'DETR3DHead.loss: batch has {B} samples but got {len(gt_boxes)} gt_boxes and '
                              f'{len(gt_labels)} gt_labels')
         codes, labels = self._gt(gt_boxes, gt_labels, all_cls.device)
-        num_gt = max(sum(len(lab) for lab in labels), 1)
+        num_gt = avg_num_targets(sum(len(lab) for lab in labels), all_cls.device)  # DETR3D's reduce_mean
         losses = {}
         for lid in range(D):
             cls_l, box_l = all_cls[lid].float(), all_box[lid].float()  # (B, Q, K), (B, Q, 10)
