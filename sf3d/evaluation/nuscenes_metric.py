@@ -42,6 +42,7 @@ from nuscenes.eval.detection.utils import detection_name_to_rel_attributes
 from nuscenes.utils import splits
 
 from sf3d.datasets.nuscenes_info import CLASSES, load_nuscenes_infos
+from sf3d.engine.checkpoint import atomic_write
 from sf3d.registry import METRICS
 from sf3d.structures import LiDARBoxes, to_nusc_boxes
 
@@ -217,19 +218,10 @@ def _devkit_check(path: str, where: str, sample_tokens: Sequence[str], num_boxes
 
 
 def _atomic_write_json(obj, path: str) -> None:
-    """Write ``obj`` as JSON to a temporary file next to ``path`` and rename it over ``path``:
-    a crash leaves either the old file or the complete new one, never a partial file."""
-    fd, tmp = tempfile.mkstemp(prefix=osp.basename(path) + '.', suffix='.tmp', dir=osp.dirname(path) or '.')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write ``obj`` as JSON to ``path`` through :func:`~sf3d.engine.checkpoint.atomic_write`: a crash
+    leaves either the old file or the complete new one, never a partial file."""
+    with atomic_write(path, 'w', encoding='utf-8') as f:
+        json.dump(obj, f)
 
 
 @METRICS.register_module()
