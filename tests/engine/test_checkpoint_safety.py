@@ -11,7 +11,8 @@ import torch
 from mmengine.fileio import LocalBackend, get_file_backend
 from mmengine.fileio.backends import local_backend, registry_utils
 from mmengine.runner.checkpoint import save_checkpoint
-from tiny_imagenet import assert_same_weights, run_python, weights, write_config
+from run_records import assert_same_weights, weights
+from tiny_imagenet import run_python, write_config
 from tool_loader import load_tool
 
 import sf3d.engine.checkpoint as sf3d_checkpoint

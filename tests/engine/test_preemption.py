@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_imagenet import assert_same_weights, logged, run_python, weights, write_config
+from run_records import assert_same_weights, logged, weights
+from tiny_imagenet import run_python, write_config
 from tool_loader import load_tool
 
 from sf3d.engine import PREEMPTED_EXIT_STATUS

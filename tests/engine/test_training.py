@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_records import assert_same_weights, weights
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CFG = REPO / 'configs/synthetic/imagenet_tiny.py'
@@ -54,10 +55,6 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(max_keep_ckpts=-1,
     return path
 
 
-def _weights(path) -> dict:
-    return torch.load(path, map_location='cpu', weights_only=False)['state_dict']
-
-
 def test_resume_is_bit_identical(tmp_path, data_root):
     # Random augmentation, MixUp/CutMix, drop path and two workers all on: the resumed
     # run must draw exactly the numbers the uninterrupted run drew.
@@ -65,10 +62,9 @@ def test_resume_is_bit_identical(tmp_path, data_root):
     full, resumed = tmp_path / 'full', tmp_path / 'resumed'
     _run(['tools/train.py', str(cfg), '--work-dir', str(full)])
     _run(['tools/train.py', str(cfg), '--work-dir', str(resumed), '--resume', str(full / 'epoch_1.pth')])
-    a, b = _weights(full / 'epoch_2.pth'), _weights(resumed / 'epoch_2.pth')
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), 'resumed weights differ'
-    assert not torch.equal(a['head.fc.weight'], _weights(full / 'epoch_1.pth')['head.fc.weight'])
+    assert_same_weights(full / 'epoch_2.pth', resumed / 'epoch_2.pth')
+    first, last = (weights(full / f'epoch_{e}.pth')['head.fc.weight'] for e in (1, 2))
+    assert not torch.equal(first, last)
 
 
 def test_auto_resume_picks_latest(tmp_path, data_root):
@@ -88,7 +84,7 @@ def test_ddp_two_gloo_processes_equal_one_process(tmp_path, data_root):
     _run(['tools/train.py', str(single), '--work-dir', str(tmp_path / 'single')], env=cpu_only)
     _run(['-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29517',
           'tools/train.py', str(ddp), '--work-dir', str(tmp_path / 'ddp'), '--launcher', 'pytorch'], env=cpu_only)
-    a, b = _weights(tmp_path / 'single/epoch_1.pth'), _weights(tmp_path / 'ddp/epoch_1.pth')
+    a, b = weights(tmp_path / 'single/epoch_1.pth'), weights(tmp_path / 'ddp/epoch_1.pth')
     assert a.keys() == b.keys() and len(a) > 10
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=f'{k} differs')

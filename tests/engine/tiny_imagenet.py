@@ -1,7 +1,6 @@
-"""A tiny synthetic-ImageNet training config and the helpers of the preemption and checkpoint-safety
-tests: running tools in a subprocess, comparing checkpoints and logged scalars. Imported by the
-tests in this folder (pytest puts tests/engine/ on sys.path)."""
-import json
+"""A tiny synthetic-ImageNet training config and running tools in a subprocess, for the preemption and
+checkpoint-safety tests (checkpoints and logged scalars are compared with tests/run_records.py).
+Imported by the tests in this folder (pytest puts tests/engine/ on sys.path)."""
 import os
 import signal
 import subprocess
@@ -12,7 +11,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CFG = REPO / 'configs/synthetic/imagenet_tiny.py'
-LOGGED = ('loss', 'lr', 'epoch', 'iter', 'step')  # scalars.json keys that must repeat (not the timings)
 
 
 def run_python(args, expect: int = 0, timeout: int = 120) -> str:
@@ -75,22 +73,3 @@ default_hooks = dict(logger=dict(interval=1),
                                      max_keep_ckpts=-1, save_best=None))
 {schedule}{signalling}""")
     return path
-
-
-def weights(path: Path) -> dict:
-    return torch.load(path, map_location='cpu', weights_only=False)['state_dict']
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    differ = [k for k in wa if not torch.equal(wa[k], wb[k])]
-    assert not differ, f'{a} and {b} differ in {differ[:5]}'
-
-
-def logged(work_dir: Path) -> list:
-    """The training scalars of every run in ``work_dir``, in order (each run logs to its own
-    timestamped folder), without the timings."""
-    rows = [json.loads(line) for f in sorted(work_dir.glob('*/vis_data/scalars.json'))
-            for line in f.read_text().splitlines()]
-    return [{k: r[k] for k in LOGGED if k in r} for r in rows if 'loss' in r]

@@ -4,17 +4,16 @@ continues at the epoch boundary, a SIGTERM preempts the next epoch mid-way (test
 and `--resume` finishes it. The chain ends with the weights and logged losses of an uninterrupted
 two-epoch run, bit for bit, with random crops/flips and the data preprocessor's photometric
 distortion and GridMask on."""
-import json
 
 import pytest
 import torch
+from run_records import assert_same_weights, logged, weights
 from tiny_detector import tiny_detector_config
 from tool_loader import load_tool
 
 from sf3d.engine import TrainingPreempted
 
 train_tool = load_tool('train')
-LOGGED = ('loss', 'lr', 'epoch', 'iter', 'step')  # scalars.json keys that must repeat (not the timings)
 
 
 def write_config(data_root, path, max_epochs, signal_at=0):
@@ -38,17 +37,6 @@ def write_config(data_root, path, max_epochs, signal_at=0):
     return path
 
 
-def _weights(path) -> dict:
-    return torch.load(path, map_location='cpu', weights_only=False)['state_dict']
-
-
-def _logged(work_dir) -> list:
-    """The training scalars of every run in ``work_dir``, in order, without the timings."""
-    rows = [json.loads(line) for f in sorted(work_dir.glob('*/vis_data/scalars.json'))
-            for line in f.read_text().splitlines()]
-    return [{k: r[k] for k in LOGGED if k in r} for r in rows if 'loss' in r]
-
-
 def test_train_evaluate_resume_and_preemption(nuscenes_root, tmp_path):
     # Each run has its own config name: mmengine names a run's log folder and visualizer after the
     # config and the second it starts.
@@ -69,10 +57,8 @@ def test_train_evaluate_resume_and_preemption(nuscenes_root, tmp_path):
                               '--resume'])
     assert runner.epoch == 2
 
-    a, b = _weights(full / 'epoch_2.pth'), _weights(work / 'epoch_2.pth')
-    assert a.keys() == b.keys()
-    assert not [k for k in a if not torch.equal(a[k], b[k])], 'the resumed weights differ'
-    assert _logged(work) == _logged(full) and len(_logged(full)) == 16
+    assert_same_weights(full / 'epoch_2.pth', work / 'epoch_2.pth')
+    assert logged(work) == logged(full) and len(logged(full)) == 16
     # the comparison can fail: training moved the weights after the preemption checkpoint
-    preempted = _weights(work / 'iter_11.pth')
+    preempted, a = weights(work / 'iter_11.pth'), weights(full / 'epoch_2.pth')
     assert any(not torch.equal(preempted[k], a[k]) for k in a)
