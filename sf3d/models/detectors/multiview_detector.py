@@ -17,15 +17,25 @@ tokens of all views instead:
   the part of the ray inside the head's point-cloud range (:func:`ray_depth_bounds`): a token that
   looks above or below the horizon meets the range's top or bottom face before ``d_max``, and a
   reference beyond it would be clamped by the head, off its ray, where inverse_sigmoid saturates.
+* depth hypotheses (``depth_bins=k``, Far3D / MDHA-style; k = 1 is the single depth above): each
+  token emits k queries, one per depth bin of its ray (:func:`depth_bin_edges`: ``[lo, hi]`` split
+  into k bins whose widths grow linearly with depth, as LID depth bins), at a depth predicted
+  within its bin (``edge_i + width_i * sigmoid(MLP(token)_i)``); content ``query_proj(token) +
+  bin_embed[i]``. A single regressed depth per token is wrong by metres for many iterations and a
+  token then has no query near its object; k hypotheses cover the whole ray from the start, and
+  the image decides (through the head's classification) which of them holds an object.
 
 Token supervision (``token_loss``, spatial-token mode; a deviation from DETR3D that this codebase
 adds for convergence): every GT box whose gravity centre projects into a view marks the token
 cell it falls in (the nearest box wins a cell). That token is trained to classify the box
 (sigmoid focal loss over all tokens, like the head's) and its reference depth to reach the
-centre's distance along the token's ray (L1, metres). The dense signal teaches the backbone
+centre's distance along the token's ray (L1, metres); with k depth bins, only the hypothesis whose
+bin holds that distance is labelled (a dense objectness over cells x depth bins, the frustum
+classification of depth-distribution methods) and regresses the depth. The dense signal teaches the backbone
 where objects are and puts the initial reference points near them early. With ``assign=True``
 each GT is also matched to the query of the token that owns it (of the cells it wins, the one
-nearest its view's centre column) before the head's Hungarian step, which matches the rest by
+nearest its view's centre column; with depth bins, that token's hypothesis whose bin holds the GT's
+distance) before the head's Hungarian step, which matches the rest by
 cost: a query's target then stays put from the first iteration instead of jumping between
 objects (README: convergence on synthetic nuScenes, measured with and without).
 
@@ -44,8 +54,9 @@ Token rays: SpatialFormer's spatial token ``i * gw + j`` sits at the normalised 
 grid cell centre over the image the backbone sees, i.e. the PADDED input (H, W); its ray is
 ``MultiViewCameras.pixel_grid_rays((gh, gw), (H, W))``.
 
-Axis names: B batch, N cameras (N_cam), M = gh * gw spatial tokens per view, Q queries
-(N * M in spatial-token mode), C channels, L FPN levels, D decoder layers, K classes.
+Axis names: B batch, N cameras (N_cam), M = gh * gw spatial tokens per view, T = N * M tokens,
+Z depth bins per token, Q queries (T * Z in spatial-token mode), C channels, L FPN levels,
+D decoder layers, K classes.
 """
 from __future__ import annotations
 
@@ -65,7 +76,7 @@ from sf3d.models.necks.fpn import FPN
 from sf3d.registry import MODELS
 from sf3d.structures import LiDARBoxes, MultiViewCameras
 
-__all__ = ['MultiViewDetector', 'ray_depth_bounds']
+__all__ = ['MultiViewDetector', 'depth_bin_edges', 'ray_depth_bounds']
 
 QUERY_MODES = ('spatial_tokens', 'learned')
 
@@ -99,6 +110,15 @@ def ray_depth_bounds(origins: Tensor, dirs: Tensor, pc_range: Sequence[float], d
     lo, hi = t_in.clamp(min=d_min), t_out.clamp(max=d_max)
     inside = hi > lo
     return torch.where(inside, lo, d_min), torch.where(inside, hi, d_max)
+
+
+def depth_bin_edges(lo: Tensor, hi: Tensor, num_bins: int) -> Tensor:
+    """Edges (..., Z + 1) of Z depth bins on ``[lo, hi]`` (...) whose widths grow linearly with
+    depth (LID: bin i spans the fractions ``i (i + 1) / (Z (Z + 1))`` .. ``(i + 1) (i + 2) / (Z (Z + 1))``
+    of the interval); Z = 1 is the whole interval."""
+    i = torch.arange(num_bins + 1, device=lo.device, dtype=lo.dtype)
+    frac = i * (i + 1) / (num_bins * (num_bins + 1))  # (Z + 1,) from 0 to 1
+    return lo[..., None] + (hi - lo)[..., None] * frac  # (..., Z + 1)
 
 
 def _plucker(origins: Tensor, dirs: Tensor) -> Tensor:
@@ -218,6 +238,8 @@ class MultiViewDetector(BaseModel):
         embed_dims: decoder width C.
         depth_range: (d_min, d_max) metres of the predicted depth along each token's ray, further cut
             to the ray's segment inside the head's ``pc_range`` (:func:`ray_depth_bounds`).
+        depth_bins: Z depth hypotheses (queries) per spatial token (module docstring); 1 is a single
+            depth per token.
         ray_num_freqs: Fourier octaves of the Plücker coordinates in the positional query.
         token_loss: ``dict(cls_weight=..., depth_weight=..., assign=False)`` turns on the token
             supervision (module docstring; spatial-token mode only), None (default) leaves it off.
@@ -231,7 +253,7 @@ class MultiViewDetector(BaseModel):
     def __init__(self, *, backbone: dict, neck: dict, head: dict, query_mode: str = 'spatial_tokens',
                  num_queries: int = 900, conditioning: str = 'ray', conditioning_at: str = 'input',
                  embed_dims: int = 256,
-                 depth_range: Sequence[float] = (1.0, 60.0), ray_num_freqs: int = 4,
+                 depth_range: Sequence[float] = (1.0, 60.0), depth_bins: int = 1, ray_num_freqs: int = 4,
                  token_loss: Optional[dict] = None, pixel_loss: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
@@ -243,6 +265,10 @@ class MultiViewDetector(BaseModel):
         self.query_mode = query_mode
         self.embed_dims = embed_dims
         self.depth_range = (float(depth_range[0]), float(depth_range[1]))
+        if int(depth_bins) != depth_bins or depth_bins < 1 or (depth_bins > 1 and query_mode != 'spatial_tokens'):
+            raise ValueError(f"MultiViewDetector: depth_bins must be an integer >= 1 (> 1 only with "
+                             f"query_mode='spatial_tokens'), got {depth_bins} with query_mode={query_mode!r}")
+        self.depth_bins = int(depth_bins)
         self.ray_num_freqs = int(ray_num_freqs)
 
         self.backbone = MODELS.build(backbone)
@@ -290,9 +316,11 @@ class MultiViewDetector(BaseModel):
             self.query_pos_mlp = nn.Sequential(nn.Linear(ray_dim, embed_dims), nn.ReLU(inplace=True),
                                                nn.Linear(embed_dims, embed_dims))
             self.depth_mlp = nn.Sequential(nn.Linear(c_last, embed_dims), nn.ReLU(inplace=True),
-                                           nn.Linear(embed_dims, 1))
+                                           nn.Linear(embed_dims, self.depth_bins))
+            if self.depth_bins > 1:
+                self.bin_embed = nn.Embedding(self.depth_bins, embed_dims)
             if self.token_loss is not None:
-                self.token_cls = nn.Linear(c_last, self.head.num_classes)
+                self.token_cls = nn.Linear(c_last, self.depth_bins * self.head.num_classes)
                 nn.init.constant_(self.token_cls.bias, -4.595)  # prior probability 0.01
         else:
             if num_queries < 1:
@@ -345,20 +373,30 @@ class MultiViewDetector(BaseModel):
                       image_size: Sequence[int]) -> dict:
         """Spatial tokens (B, N, M, C_last) -> dict(query (B, Q, C), query_pos (B, Q, C),
         ref_points (B, Q, 3) metres (LiDAR frame), depth (B, Q) metres along the ray, origins and
-        dirs (B, Q, 3) the token rays), with Q = N * M in camera-major order. Each reference stays on
-        its ray inside the head's pc_range (module docstring)."""
+        dirs (B, Q, 3) the query rays, edges (B, Q, 2) each query's depth bin), with Q = T * Z in
+        camera-major, then token, then bin order (query ``t * Z + z`` is bin z of token t). Each
+        reference stays on its ray inside the head's pc_range (module docstring)."""
         B, N, M, _ = tokens.shape
+        Z = self.depth_bins
         with torch.no_grad():
             origins, dirs = cameras.pixel_grid_rays(self.backbone.spatial_grid, tuple(image_size))  # (B, N, M, 3) x 2
-        origins, dirs = origins.reshape(B, N * M, 3), dirs.reshape(B, N * M, 3)  # (B, Q, 3) each
-        tokens = tokens.reshape(B, N * M, -1)  # (B, Q, C_last)
-        query = self.query_proj(tokens)  # (B, Q, C)
-        ray_code = fourier_features(_plucker(origins, dirs), self.ray_num_freqs).to(query.dtype)  # (B, Q, 6 * (1 + 2F))
-        query_pos = self.query_pos_mlp(ray_code)  # (B, Q, C)
-        lo, hi = ray_depth_bounds(origins, dirs, self.head.pc_range, self.depth_range)  # (B, Q) each
-        depth = lo[..., None] + (hi - lo)[..., None] * self.depth_mlp(tokens).float().sigmoid()  # (B, Q, 1) metres
-        return dict(query=query, query_pos=query_pos, ref_points=origins + depth * dirs, depth=depth[..., 0],
-                    origins=origins, dirs=dirs)
+        origins, dirs = origins.reshape(B, N * M, 3), dirs.reshape(B, N * M, 3)  # (B, T, 3) each
+        tokens = tokens.reshape(B, N * M, -1)  # (B, T, C_last)
+        query = self.query_proj(tokens)  # (B, T, C)
+        ray_code = fourier_features(_plucker(origins, dirs), self.ray_num_freqs).to(query.dtype)  # (B, T, 6 * (1 + 2F))
+        query_pos = self.query_pos_mlp(ray_code)  # (B, T, C)
+        lo, hi = ray_depth_bounds(origins, dirs, self.head.pc_range, self.depth_range)  # (B, T) each
+        edges = depth_bin_edges(lo, hi, Z)  # (B, T, Z + 1)
+        frac = self.depth_mlp(tokens).float().sigmoid()  # (B, T, Z)
+        depth = edges[..., :-1] + (edges[..., 1:] - edges[..., :-1]) * frac  # (B, T, Z) metres
+        if Z > 1:
+            query = (query[:, :, None] + self.bin_embed.weight.to(query.dtype)).flatten(1, 2)  # (B, Q, C)
+            query_pos = query_pos.repeat_interleave(Z, dim=1)  # (B, Q, C)
+            origins, dirs = origins.repeat_interleave(Z, dim=1), dirs.repeat_interleave(Z, dim=1)  # (B, Q, 3) each
+        depth = depth.flatten(1, 2)  # (B, Q)
+        bins = torch.stack([edges[..., :-1], edges[..., 1:]], -1).flatten(1, 2)  # (B, Q, 2)
+        return dict(query=query, query_pos=query_pos, ref_points=origins + depth[..., None] * dirs, depth=depth,
+                    origins=origins, dirs=dirs, edges=bins)
 
     def learned_queries(self, B: int) -> tuple[Tensor, Tensor, Tensor]:
         """DETR3D's learned queries -> query (B, Q, C), query_pos (B, Q, C), reference points (B, Q, 3) metres."""
@@ -370,7 +408,8 @@ class MultiViewDetector(BaseModel):
     def forward_outputs(self, img: Tensor, cameras: MultiViewCameras) -> dict:
         """Backbone, FPN, queries, head -> head outputs + ``ref_points`` (B, Q, 3) initial references
         (+ with token supervision: ``token_cls_scores`` (B, Q, K) logits, ``token_depths`` (B, Q),
-        ``token_rays`` (origins, dirs) (B, Q, 3) each; + with pixel supervision, in training:
+        ``token_rays`` (origins, dirs) (B, Q, 3) each, ``token_bins`` (B, Q, 2) each query's depth
+        bin; + with pixel supervision, in training:
         ``pixel_preds`` (B, N, K + 1, h, w) class logits and depth on the first FPN level)."""
         B = img.shape[0]
         feats, tokens = self.extract_feats(img, cameras)
@@ -379,8 +418,9 @@ class MultiViewDetector(BaseModel):
             q = self.token_queries(tokens, cameras, img.shape[-2:])
             query, query_pos, ref = q['query'], q['query_pos'], q['ref_points']
             if self.token_loss is not None:
-                extra = dict(token_cls_scores=self.token_cls(tokens.flatten(1, 2)), token_depths=q['depth'],
-                             token_rays=(q['origins'], q['dirs']))
+                logits = self.token_cls(tokens.flatten(1, 2))  # (B, T, Z * K)
+                extra = dict(token_cls_scores=logits.unflatten(-1, (self.depth_bins, -1)).flatten(1, 2),  # (B, Q, K)
+                             token_depths=q['depth'], token_rays=(q['origins'], q['dirs']), token_bins=q['edges'])
         else:
             query, query_pos, ref = self.learned_queries(B)
         outputs = self.head(query, query_pos, ref, feats, cameras.lidar2img, tuple(img.shape[-2:]))
@@ -482,11 +522,23 @@ class MultiViewDetector(BaseModel):
 
     def _token_losses(self, outputs: dict, boxes: list[Tensor], labels: list[Tensor], cameras: MultiViewCameras,
                       image_size: Sequence[int]) -> tuple[dict, list[Tensor]]:
+        """Token targets, expanded to the depth bins: of a labelled token's Z queries, the one whose
+        bin holds the target depth takes its label and depth (the others are background); owners are
+        mapped to that query."""
         logits, depths = outputs['token_cls_scores'].float(), outputs['token_depths'].float()  # (B, Q, K), (B, Q)
-        origins, dirs = outputs['token_rays']
-        targets = [token_targets(LiDARBoxes(b, validate=False).gravity_center, lab, cameras.sample(i),
-                                 image_size, self.backbone.spatial_grid, origins[i], dirs[i])
-                   for i, (b, lab) in enumerate(zip(boxes, labels))]
-        tgt_labels, tgt_depths, owners = zip(*targets)
+        Z = self.depth_bins
+        origins, dirs = (r[:, ::Z] for r in outputs['token_rays'])  # (B, T, 3) each
+        lower = outputs['token_bins'][:, :, 0].unflatten(1, (-1, Z))  # (B, T, Z) each bin's near edge
+        tgt_labels, tgt_depths, owners = [], [], []
+        for i, (b, lab) in enumerate(zip(boxes, labels)):
+            t_lab, t_depth, own = token_targets(LiDARBoxes(b, validate=False).gravity_center, lab, cameras.sample(i),
+                                                image_size, self.backbone.spatial_grid, origins[i], dirs[i])
+            z = (t_depth[:, None] >= lower[i, :, 1:]).sum(-1)  # (T,) the bin holding the target depth
+            hyp = torch.full((t_lab.shape[0], Z), -1, dtype=torch.long, device=t_lab.device)  # (T, Z)
+            hyp.scatter_(1, z[:, None], t_lab[:, None])
+            tgt_labels.append(hyp.flatten())  # (Q,)
+            tgt_depths.append(t_depth.repeat_interleave(Z))  # (Q,) read only where labelled
+            owned = own >= 0
+            owners.append(torch.where(owned, own * Z + z[own.clamp(min=0)], own))  # (G,)
         tgt_labels, tgt_depths = torch.stack(tgt_labels), torch.stack(tgt_depths)  # (B, Q) each
-        return self._dense_losses('token', self.token_loss, logits, depths, tgt_labels, tgt_depths), list(owners)
+        return self._dense_losses('token', self.token_loss, logits, depths, tgt_labels, tgt_depths), owners
