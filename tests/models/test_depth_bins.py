@@ -138,3 +138,48 @@ def test_depth_bins_train_and_one_bin_is_the_single_depth():
 def test_bad_depth_bins_raise(kwargs):
     with pytest.raises(ValueError, match='depth_bins'):
         build(3, **kwargs)
+
+
+def test_num_select_keeps_the_top_scored_hypotheses_and_remaps_owners(monkeypatch):
+    rigs, _, boxes, labels, _, inputs = assign_batch()
+    cameras = batched_cameras(*rigs)
+    samples = samples_for(cameras, boxes, labels)
+    S = 20
+    full = build(3, token_loss=dict(assign=True), depth_bins=Z).train()
+    sel = build(3, token_loss=dict(assign=True), depth_bins=Z, num_select=S).train()
+    sel.load_state_dict(full.state_dict())
+    calls_full, calls_sel = spy_on_assigner(monkeypatch, full), spy_on_assigner(monkeypatch, sel)
+    with torch.no_grad():
+        out_full, out_sel = full(inputs, samples, mode='tensor'), sel(inputs, samples, mode='tensor')
+        full.loss(out_full, samples, cameras, (H, W))
+        sel.loss(out_sel, samples, cameras, (H, W))
+    scores = out_full['token_cls_scores'].amax(-1)  # (B, Q)
+    kept = dropped = 0
+    for b in range(2):
+        keep = out_sel['selected'][b]
+        assert keep.shape == (S,) and keep.unique().numel() == S
+        # exactly the S best-scored hypotheses, and their references are the full model's
+        assert scores[b, keep].min() >= scores[b].sort(descending=True).values[S - 1]
+        torch.testing.assert_close(out_sel['ref_points'][b], out_full['ref_points'][b, keep])
+        # owners: fixed to their position among the selected, dropped when not selected
+        fixed_full, fixed_sel = calls_full[b], calls_sel[b]
+        pos = {int(k): i for i, k in enumerate(keep)}
+        expected = [(pos[int(q)], int(g)) for q, g in zip(*fixed_full) if int(q) in pos]
+        got = [(int(q), int(g)) for q, g in zip(*fixed_sel)] if fixed_sel is not None else []
+        assert got == expected
+        kept += len(expected)
+        dropped += len(fixed_full[0]) - len(expected)
+    assert kept > 0 and dropped > 0  # the scene exercises both cases
+    assert out_sel['all_cls_scores'].shape[2] == S
+    # the token losses are computed over all hypotheses, selection or not
+    monkeypatch.undo()
+    with torch.no_grad():
+        lf, ls = full.loss(out_full, samples, cameras, (H, W)), sel.loss(out_sel, samples, cameras, (H, W))
+    assert torch.equal(lf['token.loss_cls'], ls['token.loss_cls'])
+
+
+@pytest.mark.parametrize('kwargs', [dict(num_select=5), dict(num_select=0, token_loss=dict()),
+                                    dict(num_select=3 * 6 * Z + 1, token_loss=dict(), depth_bins=Z)])
+def test_bad_num_select_raises(kwargs):
+    with pytest.raises(ValueError, match='num_select'):
+        build(3, **kwargs)

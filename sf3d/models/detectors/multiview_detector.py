@@ -24,6 +24,9 @@ tokens of all views instead:
   bin_embed[i]``. A single regressed depth per token is wrong by metres for many iterations and a
   token then has no query near its object; k hypotheses cover the whole ray from the start, and
   the image decides (through the head's classification) which of them holds an object.
+* query selection (``num_select=S``, DINO's query selection): of the T * Z token hypotheses, the S
+  with the highest token-class score (``token_loss``'s dense classifier, detached) become the
+  decoder's queries, so the decoder's cost does not grow with Z.
 
 Token supervision (``token_loss``, spatial-token mode; a deviation from DETR3D that this codebase
 adds for convergence): every GT box whose gravity centre projects into a view marks the token
@@ -247,6 +250,8 @@ class MultiViewDetector(BaseModel):
             head's Hungarian step (the rest is matched by cost as usual).
         pixel_loss: ``dict(cls_weight=..., depth_weight=...)`` turns on the pixel supervision of
             the first FPN level (module docstring; any query mode), None (default) leaves it off.
+        num_select: keep the S token hypotheses of highest token-class score as queries (module
+            docstring; needs ``token_loss``); None (default) keeps all T * Z.
         data_preprocessor, init_cfg: as in mmengine's ``BaseModel``.
     """
 
@@ -255,7 +260,7 @@ class MultiViewDetector(BaseModel):
                  embed_dims: int = 256,
                  depth_range: Sequence[float] = (1.0, 60.0), depth_bins: int = 1, ray_num_freqs: int = 4,
                  token_loss: Optional[dict] = None, pixel_loss: Optional[dict] = None,
-                 data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
+                 num_select: Optional[int] = None, data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if query_mode not in QUERY_MODES:
             raise ValueError(f'MultiViewDetector: query_mode must be one of {QUERY_MODES}, got {query_mode!r}')
@@ -308,6 +313,16 @@ class MultiViewDetector(BaseModel):
         if pixel_loss is not None and set(pixel_loss) - {'cls_weight', 'depth_weight'}:
             raise ValueError(f'MultiViewDetector: pixel_loss takes only the keys cls_weight, depth_weight; '
                              f'got {pixel_loss}')
+        if num_select is not None and (self.token_loss is None or int(num_select) != num_select or num_select < 1):
+            raise ValueError(f'MultiViewDetector: num_select must be an integer >= 1 and needs token_loss (its '
+                             f'classifier ranks the hypotheses), got num_select={num_select}, token_loss={token_loss}')
+        self.num_select = None if num_select is None else int(num_select)
+        if self.num_select is not None:
+            gh, gw = self.backbone.spatial_grid
+            total = self.head.decoder.layers[0].cross_attn.num_cams * gh * gw * self.depth_bins
+            if self.num_select > total:
+                raise ValueError(f'MultiViewDetector: num_select={num_select} exceeds the {total} token hypotheses '
+                                 f'(cameras x {gh} x {gw} tokens x {self.depth_bins} depth bins)')
         self.pixel_loss = None if pixel_loss is None else dict(dict(cls_weight=1.0, depth_weight=0.1), **pixel_loss)
         if query_mode == 'spatial_tokens':
             c_last = self.backbone.embed_dims[-1]
@@ -421,6 +436,11 @@ class MultiViewDetector(BaseModel):
                 logits = self.token_cls(tokens.flatten(1, 2))  # (B, T, Z * K)
                 extra = dict(token_cls_scores=logits.unflatten(-1, (self.depth_bins, -1)).flatten(1, 2),  # (B, Q, K)
                              token_depths=q['depth'], token_rays=(q['origins'], q['dirs']), token_bins=q['edges'])
+            if self.num_select is not None:
+                keep = extra['token_cls_scores'].detach().amax(-1).topk(self.num_select, dim=1).indices  # (B, S)
+                query, query_pos, ref = (x.gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
+                                         for x in (query, query_pos, ref))  # (B, S, C), (B, S, C), (B, S, 3)
+                extra['selected'] = keep
         else:
             query, query_pos, ref = self.learned_queries(B)
         outputs = self.head(query, query_pos, ref, feats, cameras.lidar2img, tuple(img.shape[-2:]))
@@ -490,12 +510,23 @@ class MultiViewDetector(BaseModel):
         if 'token_cls_scores' in outputs:
             token_losses, owners = self._token_losses(outputs, boxes, labels, cameras, image_size)
             if self.token_loss['assign']:
+                if 'selected' in outputs:  # owner hypotheses that were not selected are matched by cost
+                    owners = [self._selected_index(own, keep) for own, keep in zip(owners, outputs['selected'])]
                 fixed = [(own[own >= 0], (own >= 0).nonzero()[:, 0]) for own in owners]
         losses = self.head.loss(outputs, boxes, labels, fixed_assign=fixed)
         losses.update(token_losses)
         if 'pixel_preds' in outputs:
             losses.update(self._pixel_losses(outputs['pixel_preds'], boxes, labels, cameras))
         return losses
+
+    @staticmethod
+    def _selected_index(index: Tensor, keep: Tensor) -> Tensor:
+        """Hypothesis indices (G,) (-1: none) -> their positions among the selected ``keep`` (S,), -1 where
+        not selected."""
+        where = torch.full((int(keep.max()) + 1,), -1, dtype=torch.long, device=keep.device)
+        where[keep] = torch.arange(keep.numel(), device=keep.device)
+        inside = (index >= 0) & (index < where.numel())
+        return torch.where(inside, where[index.clamp(0, where.numel() - 1)], torch.full_like(index, -1))
 
     def _pixel_losses(self, preds: Tensor, boxes: list[Tensor], labels: list[Tensor],
                       cameras: MultiViewCameras) -> dict:
