@@ -49,6 +49,13 @@ and centre depth of the nearest box covering it. A 1x1 conv on that level predic
 loss over all pixels, L1 depth on covered pixels), so the features the decoder samples learn
 class and distance densely from the first iteration.
 
+Denoising (``denoising=dict(...)``, any query mode; DN-DETR / DINO, with RayDN's negatives along
+each GT's ray): in training, noised copies of the GT run through the same decoder before the
+matching queries, under an attention mask that hides them from the matching queries
+(:class:`~sf3d.models.layers.denoising.DenoisingQueries`); each reconstructs its GT box (or, for a
+ray negative, background) with no matching, so the decoder learns to refine a reference near an
+object from the first iterations. Prediction and the matching losses see only the matching queries.
+
 ``query_mode='learned'`` is the DETR3D baseline (any backbone, e.g. ResNet + FPN): an
 ``nn.Embedding(num_queries, 2 * embed_dims)`` split into (query_pos, query) and reference points
 ``sigmoid(Linear(query_pos))`` over the head's point-cloud range.
@@ -75,6 +82,7 @@ from torchvision.ops import sigmoid_focal_loss
 from sf3d.models.heads.box_coder import denormalize_points
 from sf3d.models.heads.detr3d_head import DETR3DHead
 from sf3d.models.layers.camera_encoding import CameraConditioning, fourier_features
+from sf3d.models.layers.denoising import DenoisingQueries
 from sf3d.models.necks.fpn import FPN
 from sf3d.registry import MODELS
 from sf3d.structures import LiDARBoxes, MultiViewCameras
@@ -252,6 +260,10 @@ class MultiViewDetector(BaseModel):
             the first FPN level (module docstring; any query mode), None (default) leaves it off.
         num_select: keep the S token hypotheses of highest token-class score as queries (module
             docstring; needs ``token_loss``); None (default) keeps all T * Z.
+        denoising: keyword arguments of :class:`~sf3d.models.layers.denoising.DenoisingQueries`
+            (``num_groups``, ``centre_noise``, ``label_noise``, ``ray_negatives``, ...; the sizes and
+            pc_range come from the head) turn on denoising queries in training; None (default) leaves
+            them off.
         data_preprocessor, init_cfg: as in mmengine's ``BaseModel``.
     """
 
@@ -260,7 +272,7 @@ class MultiViewDetector(BaseModel):
                  embed_dims: int = 256,
                  depth_range: Sequence[float] = (1.0, 60.0), depth_bins: int = 1, ray_num_freqs: int = 4,
                  token_loss: Optional[dict] = None, pixel_loss: Optional[dict] = None,
-                 num_select: Optional[int] = None, data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
+                 num_select: Optional[int] = None, denoising: Optional[dict] = None, data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if query_mode not in QUERY_MODES:
             raise ValueError(f'MultiViewDetector: query_mode must be one of {QUERY_MODES}, got {query_mode!r}')
@@ -347,6 +359,8 @@ class MultiViewDetector(BaseModel):
         if self.pixel_loss is not None:
             self.pixel_head = nn.Conv2d(embed_dims, self.head.num_classes + 1, 1)  # K class logits + depth
             nn.init.constant_(self.pixel_head.bias[:-1], -4.595)  # prior probability 0.01
+        self.denoising = None if denoising is None else DenoisingQueries(
+            embed_dims=embed_dims, num_classes=self.head.num_classes, pc_range=self.head.pc_range, **denoising)
         # built last: the other modules' random initialisation does not depend on the variant
         dims = self.backbone.embed_dims[0 if conditioning_at == 'input' else -1] if self.has_spatial_tokens else 0
         self.conditioning = CameraConditioning(conditioning, dims) if self.has_spatial_tokens else None
@@ -420,12 +434,14 @@ class MultiViewDetector(BaseModel):
             ref = denormalize_points(self.reference_points(query_pos.float()).sigmoid(), self.head.pc_range)  # (Q, 3)
         return query.expand(B, -1, -1), query_pos.expand(B, -1, -1), ref.expand(B, -1, -1)
 
-    def forward_outputs(self, img: Tensor, cameras: MultiViewCameras) -> dict:
+    def forward_outputs(self, img: Tensor, cameras: MultiViewCameras, dn: Optional[dict] = None) -> dict:
         """Backbone, FPN, queries, head -> head outputs + ``ref_points`` (B, Q, 3) initial references
         (+ with token supervision: ``token_cls_scores`` (B, Q, K) logits, ``token_depths`` (B, Q),
         ``token_rays`` (origins, dirs) (B, Q, 3) each, ``token_bins`` (B, Q, 2) each query's depth
         bin; + with pixel supervision, in training:
-        ``pixel_preds`` (B, N, K + 1, h, w) class logits and depth on the first FPN level)."""
+        ``pixel_preds`` (B, N, K + 1, h, w) class logits and depth on the first FPN level; + with
+        ``dn`` (:class:`DenoisingQueries`' output), run before the matching queries under its mask:
+        ``dn_outputs`` = (cls (D, B, Qd, K), box codes (D, B, Qd, 10), dn))."""
         B = img.shape[0]
         feats, tokens = self.extract_feats(img, cameras)
         extra = {}
@@ -443,7 +459,18 @@ class MultiViewDetector(BaseModel):
                 extra['selected'] = keep
         else:
             query, query_pos, ref = self.learned_queries(B)
-        outputs = self.head(query, query_pos, ref, feats, cameras.lidar2img, tuple(img.shape[-2:]))
+        mask, Qd = None, 0
+        if dn is not None:
+            Qd = dn['query'].shape[1]
+            mask = dn['attn_mask'](query.shape[1], query.device)  # (B, 1, Qd + Q, Qd + Q)
+            query, query_pos, ref = (torch.cat([dn[k].to(x.dtype), x], 1) for k, x in
+                                     (('query', query), ('query_pos', query_pos), ('ref_points', ref)))
+        outputs = self.head(query, query_pos, ref, feats, cameras.lidar2img, tuple(img.shape[-2:]), attn_mask=mask)
+        if dn is not None:
+            outputs['dn_outputs'] = (outputs['all_cls_scores'][:, :, :Qd], outputs['all_bbox_preds'][:, :, :Qd], dn)
+            outputs['all_cls_scores'] = outputs['all_cls_scores'][:, :, Qd:]  # (D, B, Q, K)
+            outputs['all_bbox_preds'] = outputs['all_bbox_preds'][:, :, Qd:]  # (D, B, Q, 10)
+            ref = ref[:, Qd:]
         outputs['ref_points'] = ref
         outputs.update(extra)
         if self.pixel_loss is not None and self.training:
@@ -467,7 +494,8 @@ class MultiViewDetector(BaseModel):
 
         Returns:
             ``'loss'``: :meth:`DETR3DHead.loss`'s dict (``loss_cls``, ``loss_bbox``,
-            ``d{i}.loss_cls``, ``d{i}.loss_bbox``).
+            ``d{i}.loss_cls``, ``d{i}.loss_bbox``), + ``token.*``, ``pixel.*`` and (in training)
+            ``dn.*`` with those options on.
             ``'predict'``: B dicts ``dict(token=str or None, pred_instances_3d=dict(bboxes_3d=
             LiDARBoxes (K, 9), scores_3d (K,), labels_3d (K,) int64))`` (NuScenesMetric's format).
             ``'tensor'``: ``dict(all_cls_scores (D, B, Q, K) logits, all_bbox_preds (D, B, Q, 10)
@@ -482,7 +510,11 @@ class MultiViewDetector(BaseModel):
         if img.dim() != 5 or img.shape[2] != 3:
             raise ValueError(f"MultiViewDetector: inputs['img'] must be (B, N_cam, 3, H, W), got {tuple(img.shape)}")
         cameras = self._cameras(data_samples, img.shape[0], img.shape[1], img.device)
-        outputs = self.forward_outputs(img, cameras)
+        dn = None
+        if mode == 'loss' and self.training and self.denoising is not None:
+            boxes, labels = self._ground_truth(data_samples, img.device)
+            dn = self.denoising(boxes, labels)
+        outputs = self.forward_outputs(img, cameras, dn)
         if mode == 'tensor':
             return outputs
         if mode == 'loss':
@@ -498,14 +530,7 @@ class MultiViewDetector(BaseModel):
         """Head losses with the ground truth of ``data_samples`` moved to the outputs' device, plus
         ``token.loss_cls`` / ``token.loss_depth`` with token supervision (needs ``cameras`` and the
         padded input ``image_size`` (H, W))."""
-        missing = [k for k in ('gt_bboxes_3d', 'gt_labels_3d') if k not in data_samples]
-        if missing:
-            raise KeyError(f"MultiViewDetector: mode 'loss' needs data_samples keys {missing}; pack them with "
-                           f"Pack3DDetInputs(keys=('img', 'gt_bboxes_3d', 'gt_labels_3d'))")
-        device = outputs['all_cls_scores'].device
-        boxes = [(b.tensor if isinstance(b, LiDARBoxes) else torch.as_tensor(b)).to(device=device, dtype=torch.float32)
-                 for b in data_samples['gt_bboxes_3d']]  # B x (G_b, 9)
-        labels = [torch.as_tensor(lab).to(device=device, dtype=torch.long) for lab in data_samples['gt_labels_3d']]
+        boxes, labels = self._ground_truth(data_samples, outputs['all_cls_scores'].device)
         token_losses, fixed = {}, None
         if 'token_cls_scores' in outputs:
             token_losses, owners = self._token_losses(outputs, boxes, labels, cameras, image_size)
@@ -515,9 +540,24 @@ class MultiViewDetector(BaseModel):
                 fixed = [(own[own >= 0], (own >= 0).nonzero()[:, 0]) for own in owners]
         losses = self.head.loss(outputs, boxes, labels, fixed_assign=fixed)
         losses.update(token_losses)
+        if 'dn_outputs' in outputs:
+            dn_cls, dn_box, dn = outputs['dn_outputs']
+            losses.update(self.head.dn_loss(dn_cls, dn_box, dn['labels'], dn['boxes']))
         if 'pixel_preds' in outputs:
             losses.update(self._pixel_losses(outputs['pixel_preds'], boxes, labels, cameras))
         return losses
+
+    @staticmethod
+    def _ground_truth(data_samples: dict, device: torch.device) -> tuple[list[Tensor], list[Tensor]]:
+        """data_samples' GT -> B (G_b, 9) float32 boxes and B (G_b,) int64 labels on ``device``."""
+        missing = [k for k in ('gt_bboxes_3d', 'gt_labels_3d') if k not in data_samples]
+        if missing:
+            raise KeyError(f"MultiViewDetector: mode 'loss' needs data_samples keys {missing}; pack them with "
+                           f"Pack3DDetInputs(keys=('img', 'gt_bboxes_3d', 'gt_labels_3d'))")
+        boxes = [(b.tensor if isinstance(b, LiDARBoxes) else torch.as_tensor(b)).to(device=device, dtype=torch.float32)
+                 for b in data_samples['gt_bboxes_3d']]  # B x (G_b, 9)
+        labels = [torch.as_tensor(lab).to(device=device, dtype=torch.long) for lab in data_samples['gt_labels_3d']]
+        return boxes, labels
 
     @staticmethod
     def _selected_index(index: Tensor, keep: Tensor) -> Tensor:

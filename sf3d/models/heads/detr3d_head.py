@@ -15,7 +15,10 @@ per camera and level (DETR3D's num_points = 1).
 Axis names: B batch, Q queries, C channels, N cameras (N_cam), L FPN levels, D decoder layers,
 K classes, G ground-truth boxes.
 
-Blocks: ``DETR3DCrossAttention``, ``DETR3DDecoderLayer``; stack: ``DETR3DDecoder``; head: ``DETR3DHead``.
+Blocks: ``DETR3DCrossAttention``, ``DETR3DDecoderLayer``; stack: ``DETR3DDecoder``; head: ``DETR3DHead``
+(Hungarian ``loss``; ``dn_loss`` for the denoising queries of
+:class:`sf3d.models.layers.denoising.DenoisingQueries`, run first in the same decoder under
+``forward``'s ``attn_mask``).
 """
 from __future__ import annotations
 
@@ -89,7 +92,8 @@ class DETR3DCrossAttention(nn.Module):
 class DETR3DDecoderLayer(nn.Module):
     """Post-norm decoder layer: self-attention -> norm -> 3D cross-attention -> norm -> FFN -> norm.
 
-    ``forward`` takes the arguments of :class:`DETR3DCrossAttention` and returns (B, Q, C).
+    ``forward`` takes the arguments of :class:`DETR3DCrossAttention` and an optional self-attention
+    ``attn_mask`` (bool, broadcastable to (B, heads, Q, Q), True = may attend), returns (B, Q, C).
     """
 
     def __init__(self, *, embed_dims: int = 256, num_heads: int = 8, ffn_dims: int = 1024,
@@ -107,9 +111,9 @@ class DETR3DDecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(embed_dims)
 
     def forward(self, query: Tensor, query_pos: Tensor, ref_norm: Tensor, feats: Sequence[Tensor],
-                lidar2img: Tensor, img_shape: Sequence[int]) -> Tensor:
+                lidar2img: Tensor, img_shape: Sequence[int], attn_mask: Tensor | None = None) -> Tensor:
         qk = query + query_pos
-        x = self.norm1(query + self.drop1(self.self_attn(qk, qk, query)))  # (B, Q, C)
+        x = self.norm1(query + self.drop1(self.self_attn(qk, qk, query, attn_mask=attn_mask)))  # (B, Q, C)
         x = self.norm2(self.cross_attn(x, query_pos, ref_norm, feats, lidar2img, img_shape))  # (B, Q, C)
         return self.norm3(x + self.ffn(x))  # (B, Q, C)
 
@@ -117,7 +121,8 @@ class DETR3DDecoderLayer(nn.Module):
 class DETR3DDecoder(nn.Module):
     """A stack of decoder layers with iterative reference-point refinement.
 
-    ``forward(query, query_pos, ref_norm (B, Q, 3), feats, lidar2img, img_shape, reg_branches=None)``
+    ``forward(query, query_pos, ref_norm (B, Q, 3), feats, lidar2img, img_shape, reg_branches=None,
+    attn_mask=None)`` (``attn_mask``: every layer's self-attention mask, see :class:`DETR3DDecoderLayer`)
     returns ``dict(hidden_states (D, B, Q, C), references (D, B, Q, 3) the normalised reference
     point each layer used, reg_outputs (D, B, Q, 10) raw regression outputs or None)``. With
     ``reg_branches`` (one per layer), layer d's output refines the reference in inverse-sigmoid
@@ -129,10 +134,11 @@ class DETR3DDecoder(nn.Module):
         self.layers = nn.ModuleList(DETR3DDecoderLayer(**layer_kwargs) for _ in range(num_layers))
 
     def forward(self, query: Tensor, query_pos: Tensor, ref_norm: Tensor, feats: Sequence[Tensor],
-                lidar2img: Tensor, img_shape: Sequence[int], reg_branches: nn.ModuleList | None = None) -> dict:
+                lidar2img: Tensor, img_shape: Sequence[int], reg_branches: nn.ModuleList | None = None,
+                attn_mask: Tensor | None = None) -> dict:
         hidden, refs, regs = [], [], []
         for lid, layer in enumerate(self.layers):
-            query = layer(query, query_pos, ref_norm, feats, lidar2img, img_shape)
+            query = layer(query, query_pos, ref_norm, feats, lidar2img, img_shape, attn_mask)
             hidden.append(query)
             refs.append(ref_norm)
             if reg_branches is not None:
@@ -231,10 +237,13 @@ class DETR3DHead(nn.Module):
             nn.init.constant_(branch[-1].bias, PRIOR_BIAS)
 
     def forward(self, query: Tensor, query_pos: Tensor, ref_points: Tensor, feats: Sequence[Tensor],
-                lidar2img: Tensor, img_shape: Sequence[int]) -> dict:
+                lidar2img: Tensor, img_shape: Sequence[int], attn_mask: Tensor | None = None) -> dict:
         """query, query_pos (B, Q, C); ref_points (B, Q, 3) metres (LiDAR frame), inside ``pc_range``
         (a point outside is clamped onto its faces, where inverse_sigmoid saturates: no gradient); feats
-        [L x (B, N, C, H_l, W_l)]; lidar2img (B, N, 4, 4); img_shape (H, W) of the padded input.
+        [L x (B, N, C, H_l, W_l)]; lidar2img (B, N, 4, 4); img_shape (H, W) of the padded input;
+        attn_mask: optional self-attention mask of every layer, bool, broadcastable to (B, heads, Q, Q),
+        True = may attend (e.g. :meth:`sf3d.models.layers.denoising.DNLayout.attn_mask` with the
+        denoising queries first); None attends everywhere.
 
         Returns dict(all_cls_scores (D, B, Q, K) logits, all_bbox_preds (D, B, Q, 10) box codes
         with absolute centres in metres).
@@ -246,7 +255,7 @@ class DETR3DHead(nn.Module):
         # them: MultiViewDetector keeps each token's reference on its ray inside the range, learned
         # ones are sigmoids. The clamp only catches what cannot be (a ray that never crosses the range).
         ref_norm = normalize_points(ref_points.float(), self.pc_range).clamp(0, 1)  # (B, Q, 3)
-        dec = self.decoder(query, query_pos, ref_norm, feats, lidar2img, img_shape, self.reg_branches)
+        dec = self.decoder(query, query_pos, ref_norm, feats, lidar2img, img_shape, self.reg_branches, attn_mask)
         all_cls, all_box = [], []
         for lid, (h, ref, reg) in enumerate(zip(dec['hidden_states'], dec['references'], dec['reg_outputs'])):
             all_cls.append(self.cls_branches[lid](h))  # (B, Q, K)
@@ -318,6 +327,46 @@ class DETR3DHead(nn.Module):
             prefix = '' if lid == D - 1 else f'd{lid}.'
             losses[f'{prefix}loss_cls'] = self.cls_weight * loss_cls / num_gt
             losses[f'{prefix}loss_bbox'] = self.reg_weight * loss_box / num_gt
+        return losses
+
+    def dn_loss(self, all_cls: Tensor, all_box: Tensor, labels: Tensor, boxes: Tensor) -> dict:
+        """Denoising losses at every decoder layer (no matching: each DN query's target is fixed).
+
+        Args:
+            all_cls: (D, B, Qd, K) logits and all_box: (D, B, Qd, 10) box codes of the DN queries
+                (the first Qd queries of :meth:`forward`'s outputs).
+            labels: (B, Qd) int64: the target class of a positive, -1 for background (a ray
+                negative), -2 for padding (no loss).
+            boxes: (B, Qd, 9) GT boxes ``[x, y, z_bottom, l, w, h, yaw, vx, vy]`` of the positives
+                (other rows are ignored).
+        Returns:
+            dict with ``dn.loss_cls``, ``dn.loss_bbox`` (last layer) and ``dn.d{i}.loss_cls``,
+            ``dn.d{i}.loss_bbox``: focal loss over positives and negatives (an all-zero one-hot),
+            L1 of weighted box codes over positives (NaN targets carry no loss), each normalised by
+            the number of positive DN queries averaged over the ranks, at least 1. Under
+            torch.distributed every rank must call it.
+        """
+        D, B, Qd, K = all_cls.shape
+        if all_box.shape != (D, B, Qd, CODE_SIZE) or labels.shape != (B, Qd) or boxes.shape != (B, Qd, 9):
+            raise ValueError(f'DETR3DHead.dn_loss: expected all_cls (D, B, Qd, K), all_box (D, B, Qd, {CODE_SIZE}), '
+                             f'labels (B, Qd), boxes (B, Qd, 9), got {tuple(all_cls.shape)}, {tuple(all_box.shape)}, '
+                             f'{tuple(labels.shape)}, {tuple(boxes.shape)}')
+        pos, scored = labels >= 0, labels >= -1  # (B, Qd) each
+        cls_t = torch.zeros(B, Qd, K, device=all_cls.device)  # (B, Qd, K)
+        cls_t[pos] = nn.functional.one_hot(labels[pos], K).float()
+        cls_t = cls_t[scored]  # (S, K)
+        tgt = encode_boxes(boxes[pos].float())  # (P, 10)
+        box_w = torch.isfinite(tgt).float() * self.code_weights  # NaN velocities carry no loss
+        tgt = tgt.nan_to_num(0.0, 0.0, 0.0)
+        num_pos = avg_num_targets(int(pos.sum()), all_cls.device)
+        losses = {}
+        for lid in range(D):
+            loss_cls = sigmoid_focal_loss(all_cls[lid][scored].float(), cls_t, alpha=self.alpha, gamma=self.gamma,
+                                          reduction='sum')
+            loss_box = ((all_box[lid][pos].float() - tgt).abs() * box_w).sum()
+            prefix = 'dn.' if lid == D - 1 else f'dn.d{lid}.'
+            losses[f'{prefix}loss_cls'] = self.cls_weight * loss_cls / num_pos
+            losses[f'{prefix}loss_bbox'] = self.reg_weight * loss_box / num_pos
         return losses
 
     @torch.no_grad()
