@@ -1,8 +1,9 @@
-# Ablation: DETR3D's learned queries, as many as the base has spatial tokens (360 = 6 x 6 x 10).
-# No camera conditioning, no token supervision; the tokens still run through the backbone and
-# their last norm gets no gradient, hence find_unused_parameters for DDP.
+# Ablation: DETR3D's learned queries, as many as the base has token queries (1440 = 6 views x 6 x 10
+# tokens x 4 depth bins), with every option of the base that applies to learned queries (pixel
+# supervision, denoising). No camera conditioning, no token supervision; the tokens still run through
+# the backbone and their last norm gets no gradient, hence find_unused_parameters for DDP.
 _base_ = ['../nuscenes_tiny.py']
 
-num_queries = 6 * _base_.model.backbone.spatial_grid[0] * _base_.model.backbone.spatial_grid[1]  # 6 views
-model = dict(query_mode='learned', num_queries=num_queries, conditioning='none', token_loss=None)
+num_queries = 6 * _base_.model.backbone.spatial_grid[0] * _base_.model.backbone.spatial_grid[1] * _base_.model.depth_bins
+model = dict(query_mode='learned', num_queries=num_queries, conditioning='none', token_loss=None, depth_bins=1)
 model_wrapper_cfg = dict(type='MMDistributedDataParallel', find_unused_parameters=True)
