@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from detector_utils import single_thread_fixture
 from torchvision.ops import sigmoid_focal_loss
 
 from sf3d.models.heads.box_coder import inverse_sigmoid, normalize_points
@@ -16,12 +17,7 @@ H, W, C, K = 32, 48, 32, 10
 STRIDES = (4, 8)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = single_thread_fixture()
 
 
 def _dn(**kw):
