@@ -274,11 +274,21 @@ class DETR3DHead(nn.Module):
         cls_t[pred_idx, gt_labels[gt_idx]] = 1.0
         box_t = torch.zeros_like(bbox_preds)
         box_w = torch.zeros_like(bbox_preds)
-        tgt = gt_codes[gt_idx].to(bbox_preds.dtype)  # (M, 10)
-        finite = torch.isfinite(tgt)  # NaN velocities (as in mmdet3d infos) carry no loss
-        box_t[pred_idx] = tgt.nan_to_num(0.0, 0.0, 0.0)
-        box_w[pred_idx] = finite.to(bbox_preds.dtype) * self.code_weights.to(bbox_preds.dtype)
+        box_t[pred_idx], box_w[pred_idx] = self._weighted_codes(gt_codes[gt_idx].to(bbox_preds.dtype))
         return cls_t, box_t, box_w
+
+    def _weighted_codes(self, codes: Tensor) -> tuple[Tensor, Tensor]:
+        """Target codes (M, 10) -> (codes with NaN set to 0, per-dim L1 weights ``code_weights``, 0 where
+        the target is NaN: NaN velocities, as in mmdet3d infos, carry no loss)."""
+        return codes.nan_to_num(0.0, 0.0, 0.0), torch.isfinite(codes).to(codes.dtype) * self.code_weights.to(codes.dtype)
+
+    def _layer_losses(self, losses: dict, prefix: str, cls_l: Tensor, cls_t: Tensor, box_l: Tensor, box_t: Tensor,
+                      box_w: Tensor, num_targets: Tensor) -> None:
+        """Add ``{prefix}loss_cls`` (focal, summed) and ``{prefix}loss_bbox`` (weighted L1, summed), both
+        weighted and divided by ``num_targets``, to ``losses``."""
+        loss_cls = sigmoid_focal_loss(cls_l, cls_t, alpha=self.alpha, gamma=self.gamma, reduction='sum')
+        losses[f'{prefix}loss_cls'] = self.cls_weight * loss_cls / num_targets
+        losses[f'{prefix}loss_bbox'] = self.reg_weight * ((box_l - box_t).abs() * box_w).sum() / num_targets
 
     def _gt(self, gt_boxes, gt_labels, device) -> tuple[list[Tensor], list[Tensor]]:
         codes, labels = [], []
@@ -322,11 +332,7 @@ class DETR3DHead(nn.Module):
             targets = [self._targets(cls_l[b].detach(), box_l[b].detach(), codes[b], labels[b],
                                      None if fixed_assign is None else fixed_assign[b]) for b in range(B)]
             cls_t, box_t, box_w = (torch.stack(t) for t in zip(*targets))  # (B, Q, K), (B, Q, 10) x 2
-            loss_cls = sigmoid_focal_loss(cls_l, cls_t, alpha=self.alpha, gamma=self.gamma, reduction='sum')
-            loss_box = ((box_l - box_t).abs() * box_w).sum()
-            prefix = '' if lid == D - 1 else f'd{lid}.'
-            losses[f'{prefix}loss_cls'] = self.cls_weight * loss_cls / num_gt
-            losses[f'{prefix}loss_bbox'] = self.reg_weight * loss_box / num_gt
+            self._layer_losses(losses, '' if lid == D - 1 else f'd{lid}.', cls_l, cls_t, box_l, box_t, box_w, num_gt)
         return losses
 
     def dn_loss(self, all_cls: Tensor, all_box: Tensor, labels: Tensor, boxes: Tensor) -> dict:
@@ -355,18 +361,12 @@ class DETR3DHead(nn.Module):
         cls_t = torch.zeros(B, Qd, K, device=all_cls.device)  # (B, Qd, K)
         cls_t[pos] = nn.functional.one_hot(labels[pos], K).float()
         cls_t = cls_t[scored]  # (S, K)
-        tgt = encode_boxes(boxes[pos].float())  # (P, 10)
-        box_w = torch.isfinite(tgt).float() * self.code_weights  # NaN velocities carry no loss
-        tgt = tgt.nan_to_num(0.0, 0.0, 0.0)
+        tgt, box_w = self._weighted_codes(encode_boxes(boxes[pos].float()))  # (P, 10) each
         num_pos = avg_num_targets(int(pos.sum()), all_cls.device)
         losses = {}
         for lid in range(D):
-            loss_cls = sigmoid_focal_loss(all_cls[lid][scored].float(), cls_t, alpha=self.alpha, gamma=self.gamma,
-                                          reduction='sum')
-            loss_box = ((all_box[lid][pos].float() - tgt).abs() * box_w).sum()
-            prefix = 'dn.' if lid == D - 1 else f'dn.d{lid}.'
-            losses[f'{prefix}loss_cls'] = self.cls_weight * loss_cls / num_pos
-            losses[f'{prefix}loss_bbox'] = self.reg_weight * loss_box / num_pos
+            self._layer_losses(losses, 'dn.' if lid == D - 1 else f'dn.d{lid}.', all_cls[lid][scored].float(), cls_t,
+                               all_box[lid][pos].float(), tgt, box_w, num_pos)
         return losses
 
     @torch.no_grad()

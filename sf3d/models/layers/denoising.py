@@ -49,6 +49,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from sf3d.models.heads.box_coder import inverse_sigmoid, normalize_points
+from sf3d.structures import LiDARBoxes
 
 __all__ = ['DenoisingQueries', 'DNLayout', 'BACKGROUND', 'PADDING']
 
@@ -137,7 +138,7 @@ class DenoisingQueries(nn.Module):
         num_groups = min(self.num_groups, self.max_queries // (G * (1 + R))) if G else 0
         if num_groups == 0:
             return None
-        centre = torch.cat([boxes[..., :2], boxes[..., 2:3] + boxes[..., 5:6] / 2], -1)  # (B, G, 3) gravity centre
+        centre = LiDARBoxes(boxes.flatten(0, 1), validate=False).gravity_center.view(B, G, 3)  # (B, G, 3)
         pos_ref, pos_lab = self._positives(centre, boxes[..., 3:6] / 2, labels, num_groups)  # (B, NG, G, 3), (B, NG, G)
         neg_ref = self._ray_negatives(centre, num_groups)  # (B, NG, R, G, 3)
         ref = torch.cat([pos_ref[:, :, None], neg_ref], 2).clamp(*self._range(centre))  # (B, NG, 1+R, G, 3)
