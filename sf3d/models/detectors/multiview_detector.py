@@ -56,6 +56,12 @@ matching queries, under an attention mask that hides them from the matching quer
 ray negative, background) with no matching, so the decoder learns to refine a reference near an
 object from the first iterations. Prediction and the matching losses see only the matching queries.
 
+Dense pretraining (``pretrained=PATH``; DETR3D starts from FCOS3D, a monocular detector trained on
+the same camera images): :class:`~sf3d.models.detectors.dense_pretrainer.DensePretrainer` trains
+only the backbone, FPN, camera conditioning and the dense token and pixel heads with the token and
+pixel supervision, no decoder; :meth:`MultiViewDetector.init_weights` then loads those parts
+(``DENSE_PARTS``) and the queries and decoder start fresh, in either query mode.
+
 ``query_mode='learned'`` is the DETR3D baseline (any backbone, e.g. ResNet + FPN): an
 ``nn.Embedding(num_queries, 2 * embed_dims)`` split into (query_pos, query) and reference points
 ``sigmoid(Linear(query_pos))`` over the head's point-cloud range.
@@ -86,12 +92,15 @@ from sf3d.models.layers.denoising import DenoisingQueries
 from sf3d.models.necks.fpn import FPN
 from sf3d.registry import MODELS
 from sf3d.structures import LiDARBoxes, MultiViewCameras
+from sf3d.utils.checkpoint import load_state_dict_strict, read_checkpoint
 
-__all__ = ['MultiViewDetector', 'depth_bin_edges', 'ray_depth_bounds']
+__all__ = ['DENSE_PARTS', 'MultiViewDetector', 'depth_bin_edges', 'load_dense_parts', 'ray_depth_bounds']
 
 QUERY_MODES = ('spatial_tokens', 'learned')
 
 
+# the parts a dense-pretraining checkpoint (DensePretrainer) gives a detector; the rest starts fresh
+DENSE_PARTS = ('backbone', 'neck', 'conditioning', 'depth_mlp', 'token_cls', 'pixel_head')
 REF_MARGIN = 1e-3  # fraction of each pc_range extent kept between a token's reference and the range's faces
 
 
@@ -264,6 +273,9 @@ class MultiViewDetector(BaseModel):
             (``num_groups``, ``centre_noise``, ``label_noise``, ``ray_negatives``, ...; the sizes and
             pc_range come from the head) turn on denoising queries in training; None (default) leaves
             them off.
+        pretrained: path of a :class:`DensePretrainer` (or MultiViewDetector) checkpoint whose
+            ``DENSE_PARTS`` this detector has, loaded by :meth:`init_weights` (module docstring);
+            None (default) keeps the backbone's own ``init_cfg``.
         data_preprocessor, init_cfg: as in mmengine's ``BaseModel``.
     """
 
@@ -273,8 +285,10 @@ class MultiViewDetector(BaseModel):
                  depth_range: Sequence[float] = (1.0, 60.0), depth_bins: int = 1, ray_num_freqs: int = 4,
                  token_loss: Optional[dict] = None, pixel_loss: Optional[dict] = None,
                  num_select: Optional[int] = None, denoising: Optional[dict] = None,
+                 pretrained: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.pretrained = pretrained
         if query_mode not in QUERY_MODES:
             raise ValueError(f'MultiViewDetector: query_mode must be one of {QUERY_MODES}, got {query_mode!r}')
         if len(depth_range) != 2 or not 0 < depth_range[0] < depth_range[1]:
@@ -366,6 +380,12 @@ class MultiViewDetector(BaseModel):
         dims = self.backbone.embed_dims[0 if conditioning_at == 'input' else -1] if self.has_spatial_tokens else 0
         self.conditioning = CameraConditioning(conditioning, dims) if self.has_spatial_tokens else None
 
+    def init_weights(self) -> None:
+        """mmengine's initialisation, then the ``DENSE_PARTS`` of ``pretrained`` (if set) over it."""
+        super().init_weights()
+        if self.pretrained is not None:
+            load_dense_parts(self, self.pretrained)
+
     # ------------------------------------------------------------------ features and queries
     def _cameras(self, data_samples: Optional[dict], B: int, N: int, device: torch.device) -> MultiViewCameras:
         if not data_samples or 'cameras' not in data_samples:
@@ -435,6 +455,17 @@ class MultiViewDetector(BaseModel):
             ref = denormalize_points(self.reference_points(query_pos.float()).sigmoid(), self.head.pc_range)  # (Q, 3)
         return query.expand(B, -1, -1), query_pos.expand(B, -1, -1), ref.expand(B, -1, -1)
 
+    def _token_outputs(self, tokens: Tensor, q: dict) -> dict:
+        """Final tokens (B, N, M, C_last) and :meth:`token_queries`' dict -> the dense token predictions
+        ``token_cls_scores`` (B, Q, K) logits, ``token_depths`` (B, Q), ``token_rays``, ``token_bins``."""
+        logits = self.token_cls(tokens.flatten(1, 2))  # (B, T, Z * K)
+        return dict(token_cls_scores=logits.unflatten(-1, (self.depth_bins, -1)).flatten(1, 2),  # (B, Q, K)
+                    token_depths=q['depth'], token_rays=(q['origins'], q['dirs']), token_bins=q['edges'])
+
+    def _pixel_outputs(self, feats: list[Tensor]) -> Tensor:
+        """FPN feats -> ``pixel_preds`` (B, N, K + 1, h, w): class logits and depth on the first level."""
+        return self.pixel_head(feats[0].flatten(0, 1)).unflatten(0, feats[0].shape[:2])
+
     def forward_outputs(self, img: Tensor, cameras: MultiViewCameras, dn: Optional[dict] = None) -> dict:
         """Backbone, FPN, queries, head -> head outputs + ``ref_points`` (B, Q, 3) initial references
         (+ with token supervision: ``token_cls_scores`` (B, Q, K) logits, ``token_depths`` (B, Q),
@@ -450,9 +481,7 @@ class MultiViewDetector(BaseModel):
             q = self.token_queries(tokens, cameras, img.shape[-2:])
             query, query_pos, ref = q['query'], q['query_pos'], q['ref_points']
             if self.token_loss is not None:
-                logits = self.token_cls(tokens.flatten(1, 2))  # (B, T, Z * K)
-                extra = dict(token_cls_scores=logits.unflatten(-1, (self.depth_bins, -1)).flatten(1, 2),  # (B, Q, K)
-                             token_depths=q['depth'], token_rays=(q['origins'], q['dirs']), token_bins=q['edges'])
+                extra = self._token_outputs(tokens, q)
             if self.num_select is not None:
                 keep = extra['token_cls_scores'].detach().amax(-1).topk(self.num_select, dim=1).indices  # (B, S)
                 query, query_pos, ref = (x.gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
@@ -475,7 +504,7 @@ class MultiViewDetector(BaseModel):
         outputs['ref_points'] = ref
         outputs.update(extra)
         if self.pixel_loss is not None and self.training:
-            outputs['pixel_preds'] = self.pixel_head(feats[0].flatten(0, 1)).unflatten(0, feats[0].shape[:2])  # (B, N, K + 1, h, w)
+            outputs['pixel_preds'] = self._pixel_outputs(feats)  # (B, N, K + 1, h, w)
         return outputs
 
     # ------------------------------------------------------------------ mmengine interface
@@ -614,3 +643,26 @@ class MultiViewDetector(BaseModel):
             owners.append(torch.where(owned, own * Z + z[own.clamp(min=0)], own))  # (G,)
         tgt_labels, tgt_depths = torch.stack(tgt_labels), torch.stack(tgt_depths)  # (B, Q) each
         return self._dense_losses('token', self.token_loss, logits, depths, tgt_labels, tgt_depths), owners
+
+
+def load_dense_parts(model: MultiViewDetector, checkpoint) -> None:
+    """Load the ``DENSE_PARTS`` that ``model`` has from ``checkpoint`` (a path or a state dict of a
+    :class:`DensePretrainer` or MultiViewDetector; mmengine's ``{'state_dict': ...}`` and DDP's
+    ``module.`` are unwrapped), each part strictly. Raises FileNotFoundError for a missing file,
+    KeyError naming a part or keys the checkpoint lacks, ValueError naming keys whose shapes differ."""
+    state, source = read_checkpoint(
+        checkpoint, name='MultiViewDetector', weights_only=False,
+        hint='Make it with `python tools/train.py configs/synthetic/nuscenes_tiny_dense.py` (`make demo` does) and '
+             'copy the last checkpoint there, or set model.pretrained=None to start from the backbone\'s init_cfg.')
+    state = state.get('state_dict', state)
+    state = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state.items()}
+    for part in DENSE_PARTS:
+        module = getattr(model, part, None)
+        if module is None or not module.state_dict():
+            continue
+        sub = {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + '.')}
+        if not sub:
+            raise KeyError(f'MultiViewDetector: checkpoint {source} has no {part!r} weights, which this model needs '
+                           f'(it loads {[p for p in DENSE_PARTS if getattr(model, p, None) is not None]}); was it '
+                           f'made with the same options (token_loss, pixel_loss, depth_bins)?')
+        load_state_dict_strict(module, sub, source=source, name=f'MultiViewDetector.{part}')
