@@ -1,3 +1,4 @@
-# Ablation of the demo recipe: no denoising queries (spatial tokens with 4 depth bins only).
+# Ablation of the demo recipe before query selection: no denoising queries (all 1440 token
+# hypotheses, 4 depth bins each, as measured).
 _base_ = ['../nuscenes_tiny.py']
-model = dict(denoising=None)
+model = dict(denoising=None, num_select=None)

@@ -81,6 +81,7 @@ from typing import Optional, Union
 
 import torch
 import torch.nn as nn
+from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
@@ -656,6 +657,7 @@ def load_dense_parts(model: MultiViewDetector, checkpoint) -> None:
              'copy the last checkpoint there, or set model.pretrained=None to start from the backbone\'s init_cfg.')
     state = state.get('state_dict', state)
     state = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state.items()}
+    loaded = []
     for part in DENSE_PARTS:
         module = getattr(model, part, None)
         if module is None or not module.state_dict():
@@ -666,3 +668,5 @@ def load_dense_parts(model: MultiViewDetector, checkpoint) -> None:
                            f'(it loads {[p for p in DENSE_PARTS if getattr(model, p, None) is not None]}); was it '
                            f'made with the same options (token_loss, pixel_loss, depth_bins)?')
         load_state_dict_strict(module, sub, source=source, name=f'MultiViewDetector.{part}')
+        loaded.append(part)
+    print_log(f'MultiViewDetector: loaded {loaded} from {source}; the queries and decoder start fresh', logger='current')
