@@ -113,7 +113,7 @@ def test_params_and_gmacs_match_the_model(tmp_path):
     with DefaultScope.overwrite_default_scope('sf3d'):
         model = MODELS.build(cfg.model).eval()
     model.requires_grad_(False)  # FlopCounterMode's module tracker fails on the learned queries' trainable weight
-    assert model.query_embedding.num_embeddings == 6 * 6 * 10 * 4  # the ablation's computed query count (4 depth bins)
+    assert model.query_embedding.num_embeddings == 6 * 6 * 10  # the ablation's computed query count (= num_select)
     assert row['params_M'] * 1e6 == sum(p.numel() for p in model.parameters())
 
     # GMACs: a real-tensor count on the same 6-view input, (224, 416) = nuscenes_tiny's final_size
