@@ -27,6 +27,9 @@ tokens of all views instead:
 * query selection (``num_select=S``, DINO's query selection): of the T * Z token hypotheses, the S
   with the highest token-class score (``token_loss``'s dense classifier, detached) become the
   decoder's queries, so the decoder's cost does not grow with Z.
+* global queries (``global_queries=G``, Far3D's global + adaptive queries): G learned queries
+  (DETR3D's, below) are decoded after the token queries, so objects that no selected token
+  hypothesis covers still have a query near them.
 
 Token supervision (``token_loss``, spatial-token mode; a deviation from DETR3D that this codebase
 adds for convergence): every GT box whose gravity centre projects into a view marks the token
@@ -250,6 +253,8 @@ class MultiViewDetector(BaseModel):
             in from ``embed_dims`` and the FPN).
         query_mode: ``'spatial_tokens'`` (needs a SpatialFormer) or ``'learned'`` (DETR3D).
         num_queries: number of learned queries (``'learned'`` only).
+        global_queries: G learned queries decoded after the token queries (module docstring;
+            ``'spatial_tokens'`` only); 0 (default) decodes the token queries alone.
         conditioning: :class:`CameraConditioning` variant for the spatial tokens (``'none'``,
             ``'intrinsics'``, ``'extrinsics'``, ``'ray'``, ``'frustum'``); must be ``'none'`` for a
             backbone without spatial tokens.
@@ -286,7 +291,7 @@ class MultiViewDetector(BaseModel):
                  depth_range: Sequence[float] = (1.0, 60.0), depth_bins: int = 1, ray_num_freqs: int = 4,
                  token_loss: Optional[dict] = None, pixel_loss: Optional[dict] = None,
                  num_select: Optional[int] = None, denoising: Optional[dict] = None,
-                 pretrained: Optional[str] = None,
+                 global_queries: int = 0, pretrained: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.pretrained = pretrained
@@ -365,10 +370,16 @@ class MultiViewDetector(BaseModel):
             if self.token_loss is not None:
                 self.token_cls = nn.Linear(c_last, self.depth_bins * self.head.num_classes)
                 nn.init.constant_(self.token_cls.bias, -4.595)  # prior probability 0.01
-        else:
-            if num_queries < 1:
-                raise ValueError(f'MultiViewDetector: num_queries must be >= 1, got {num_queries}')
-            self.query_embedding = nn.Embedding(num_queries, 2 * embed_dims)
+        elif num_queries < 1:
+            raise ValueError(f'MultiViewDetector: num_queries must be >= 1, got {num_queries}')
+        if (int(global_queries) != global_queries or global_queries < 0
+                or (global_queries and query_mode != 'spatial_tokens')):
+            raise ValueError(f"MultiViewDetector: global_queries must be an integer >= 0 (> 0 only with "
+                             f"query_mode='spatial_tokens'), got {global_queries} with query_mode={query_mode!r}")
+        self.global_queries = int(global_queries)
+        learned = num_queries if query_mode == 'learned' else self.global_queries
+        if learned:
+            self.query_embedding = nn.Embedding(learned, 2 * embed_dims)
             self.reference_points = nn.Linear(embed_dims, 3)
             nn.init.xavier_uniform_(self.reference_points.weight)
             nn.init.zeros_(self.reference_points.bias)
@@ -488,6 +499,9 @@ class MultiViewDetector(BaseModel):
                 query, query_pos, ref = (x.gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
                                          for x in (query, query_pos, ref))  # (B, S, C), (B, S, C), (B, S, 3)
                 extra['selected'] = keep
+            if self.global_queries:  # after the token queries: owner indices stay valid
+                query, query_pos, ref = (torch.cat([x, g.to(x.dtype)], 1) for x, g in
+                                         zip((query, query_pos, ref), self.learned_queries(B)))
         else:
             query, query_pos, ref = self.learned_queries(B)
         mask, Qd = None, 0
@@ -531,7 +545,8 @@ class MultiViewDetector(BaseModel):
             LiDARBoxes (K, 9), scores_3d (K,), labels_3d (K,) int64))`` (NuScenesMetric's format).
             ``'tensor'``: ``dict(all_cls_scores (D, B, Q, K) logits, all_bbox_preds (D, B, Q, 10)
             box codes with centres in metres, ref_points (B, Q, 3) the initial reference points
-            in metres)``; Q = N_cam * M in spatial-token mode, ``num_queries`` otherwise.
+            in metres)``; Q = N_cam * M * Z (or ``num_select``) + ``global_queries`` in spatial-token
+            mode, ``num_queries`` otherwise.
         """
         if mode not in ('loss', 'predict', 'tensor'):
             raise ValueError(f"MultiViewDetector: mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
