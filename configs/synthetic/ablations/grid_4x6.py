@@ -1,4 +1,5 @@
-# Ablation: 4 x 6 spatial tokens per view (144 queries over the 6 views).
+# Ablation: 4 x 6 spatial tokens per view (144 tokens over the 6 views, x 4 depth bins = 576
+# hypotheses, of which the demo's 360 are selected).
 _base_ = ['../nuscenes_tiny.py']
 
 model = dict(backbone=dict(spatial_grid=(4, 6)))
