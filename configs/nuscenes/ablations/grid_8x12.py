@@ -1,4 +1,5 @@
-# Ablation: 8 x 12 spatial tokens per view (576 queries over the 6 views).
+# Ablation: 8 x 12 spatial tokens per view (576 tokens over the 6 views, x 4 depth bins = 2304
+# hypotheses, of which sf_s.py's 900 are selected).
 _base_ = ['../sf_s.py']
 
 model = dict(backbone=dict(spatial_grid=(8, 12)))
