@@ -1,7 +1,8 @@
 # Dense pretraining of the demo detector (nuscenes_tiny.py) on the same camera images, DETR3D's
 # FCOS3D step in small (sf3d/models/detectors/dense_pretrainer.py): the backbone, FPN, camera
 # conditioning and the dense token and pixel heads learn the token and pixel supervision, no decoder.
-# `make demo` runs it first and copies the last checkpoint to nuscenes_tiny.py's `pretrained`.
+# Its last checkpoint is what ablations/pretrained.py and queries_learned_pretrained.py load (they say how
+# to copy it there); `make demo` does not pretrain.
 # 4 epochs x 80 iterations (160 samples, batch 2) = 320 iterations, no validation (no boxes to score).
 _base_ = ['./nuscenes_tiny.py']
 

@@ -668,8 +668,9 @@ def load_dense_parts(model: MultiViewDetector, checkpoint) -> None:
     KeyError naming a part or keys the checkpoint lacks, ValueError naming keys whose shapes differ."""
     state, source = read_checkpoint(
         checkpoint, name='MultiViewDetector', weights_only=False,
-        hint='Make it with `python tools/train.py configs/synthetic/nuscenes_tiny_dense.py` (`make demo` does) and '
-             'copy the last checkpoint there, or set model.pretrained=None to start from the backbone\'s init_cfg.')
+        hint='Make it with a dense-pretraining config (`python tools/train.py configs/synthetic/nuscenes_tiny_dense.py` '
+             'or configs/nuscenes/sf_s_dense.py) and copy its last checkpoint there, or set model.pretrained=None '
+             'to start from the backbone\'s init_cfg.')
     state = state.get('state_dict', state)
     state = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state.items()}
     loaded = []
