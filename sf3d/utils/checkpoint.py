@@ -19,6 +19,15 @@ def read_checkpoint(checkpoint, *, name: str, hint: str, weights_only: bool) -> 
     return torch.load(source, map_location='cpu', weights_only=weights_only), source
 
 
+def unwrap_state_dict(checkpoint: Mapping) -> dict:
+    """A saved checkpoint -> its plain state dict: unwraps ``{'state_dict': ...}`` (mmengine) /
+    ``{'model': ...}`` and strips DDP's ``module.`` prefix."""
+    for wrapper in ('state_dict', 'model'):
+        if wrapper in checkpoint and isinstance(checkpoint[wrapper], Mapping):
+            checkpoint = checkpoint[wrapper]
+    return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in checkpoint.items()}
+
+
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], *, source: str, name: str) -> None:
     """Load ``state_dict`` into ``model``; raise KeyError naming missing / unexpected keys and
     ValueError naming keys whose shapes differ (``name`` and ``source`` lead the message)."""

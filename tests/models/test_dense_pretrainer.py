@@ -97,3 +97,7 @@ def test_pretrainer_rejects_what_it_cannot_train():
     inputs, samples = batch()
     with pytest.raises(ValueError, match="mode must be 'loss' or 'tensor'"):
         pretrainer()(inputs, samples, mode='predict')
+    with pytest.raises(ValueError, match=r"DensePretrainer: inputs\['img'\] must be \(B, N_cam, 3, H, W\)"):
+        pretrainer()(dict(img=inputs['img'][0]), samples)
+    with pytest.raises(KeyError, match='DensePretrainer: inputs must be dict'):
+        pretrainer()(inputs['img'], samples)

@@ -58,7 +58,7 @@ from torch.utils.checkpoint import checkpoint
 from sf3d.models.layers import (Attention, Mlp, PosConv, SpatialReduction, conv2d_channels_last,
                                grid_sincos_encoding)
 from sf3d.registry import MODELS
-from sf3d.utils.checkpoint import load_state_dict_strict, read_checkpoint
+from sf3d.utils.checkpoint import load_state_dict_strict, read_checkpoint, unwrap_state_dict
 
 __all__ = [
     'BilateralCrossAttentionBlock', 'SelfAttentionBlock', 'SpatialFormerStage', 'SpatialFormer',
@@ -451,10 +451,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: SpatialFormer,
     is resized by bicubic interpolation (align_corners=False) over the (gh, gw) grid; the
     saved grid is ``pretrained_grid`` or, if None, inferred as square.
     """
-    for wrapper in ('state_dict', 'model'):
-        if wrapper in state_dict and isinstance(state_dict[wrapper], Mapping):
-            state_dict = state_dict[wrapper]
-    state_dict = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state_dict.items()}
+    state_dict = unwrap_state_dict(state_dict)
     if any(k.startswith('backbone.') for k in state_dict):
         out = {}
         for k, v in state_dict.items():

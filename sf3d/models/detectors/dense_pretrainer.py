@@ -48,10 +48,7 @@ class DensePretrainer(MultiViewDetector):
         if mode not in ('loss', 'tensor'):
             raise ValueError(f"DensePretrainer: mode must be 'loss' or 'tensor' (it predicts no boxes; load its "
                              f"checkpoint with MultiViewDetector(pretrained=...)), got {mode!r}")
-        img = inputs['img'] if isinstance(inputs, dict) and 'img' in inputs else None
-        if img is None or img.dim() != 5 or img.shape[2] != 3:
-            raise ValueError(f"DensePretrainer: inputs must be dict(img=Tensor (B, N_cam, 3, H, W)), got "
-                             f"{type(inputs).__name__} {tuple(img.shape) if img is not None else ''}")
+        img = self._images(inputs)
         cameras = self._cameras(data_samples, img.shape[0], img.shape[1], img.device)
         feats, tokens = self.extract_feats(img, cameras)
         outputs = self._token_outputs(tokens, self.token_queries(tokens, cameras, img.shape[-2:]))

@@ -96,7 +96,7 @@ from sf3d.models.layers.denoising import DenoisingQueries
 from sf3d.models.necks.fpn import FPN
 from sf3d.registry import MODELS
 from sf3d.structures import LiDARBoxes, MultiViewCameras
-from sf3d.utils.checkpoint import load_state_dict_strict, read_checkpoint
+from sf3d.utils.checkpoint import load_state_dict_strict, read_checkpoint, unwrap_state_dict
 
 __all__ = ['DENSE_PARTS', 'MultiViewDetector', 'depth_bin_edges', 'load_dense_parts', 'ray_depth_bounds']
 
@@ -399,6 +399,16 @@ class MultiViewDetector(BaseModel):
             load_dense_parts(self, self.pretrained)
 
     # ------------------------------------------------------------------ features and queries
+    def _images(self, inputs: dict) -> Tensor:
+        """``inputs['img']`` (B, N_cam, 3, H, W), checked."""
+        name = type(self).__name__
+        if not isinstance(inputs, dict) or 'img' not in inputs:
+            raise KeyError(f"{name}: inputs must be dict(img=Tensor (B, N_cam, 3, H, W))")
+        img = inputs['img']
+        if img.dim() != 5 or img.shape[2] != 3:
+            raise ValueError(f"{name}: inputs['img'] must be (B, N_cam, 3, H, W), got {tuple(img.shape)}")
+        return img
+
     def _cameras(self, data_samples: Optional[dict], B: int, N: int, device: torch.device) -> MultiViewCameras:
         if not data_samples or 'cameras' not in data_samples:
             raise KeyError("MultiViewDetector: data_samples needs 'cameras' (a MultiViewCameras (B, N_cam)); "
@@ -550,11 +560,7 @@ class MultiViewDetector(BaseModel):
         """
         if mode not in ('loss', 'predict', 'tensor'):
             raise ValueError(f"MultiViewDetector: mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
-        if not isinstance(inputs, dict) or 'img' not in inputs:
-            raise KeyError("MultiViewDetector: inputs must be dict(img=Tensor (B, N_cam, 3, H, W))")
-        img = inputs['img']
-        if img.dim() != 5 or img.shape[2] != 3:
-            raise ValueError(f"MultiViewDetector: inputs['img'] must be (B, N_cam, 3, H, W), got {tuple(img.shape)}")
+        img = self._images(inputs)
         cameras = self._cameras(data_samples, img.shape[0], img.shape[1], img.device)
         dn = None
         if mode == 'loss' and self.training and self.denoising is not None:
@@ -663,16 +669,14 @@ class MultiViewDetector(BaseModel):
 
 def load_dense_parts(model: MultiViewDetector, checkpoint) -> None:
     """Load the ``DENSE_PARTS`` that ``model`` has from ``checkpoint`` (a path or a state dict of a
-    :class:`DensePretrainer` or MultiViewDetector; mmengine's ``{'state_dict': ...}`` and DDP's
-    ``module.`` are unwrapped), each part strictly. Raises FileNotFoundError for a missing file,
+    :class:`DensePretrainer` or MultiViewDetector, unwrapped by :func:`unwrap_state_dict`), each part strictly. Raises FileNotFoundError for a missing file,
     KeyError naming a part or keys the checkpoint lacks, ValueError naming keys whose shapes differ."""
     state, source = read_checkpoint(
         checkpoint, name='MultiViewDetector', weights_only=False,
         hint='Make it with a dense-pretraining config (`python tools/train.py configs/synthetic/nuscenes_tiny_dense.py` '
              'or configs/nuscenes/sf_s_dense.py) and copy its last checkpoint there, or set model.pretrained=None '
              'to start from the backbone\'s init_cfg.')
-    state = state.get('state_dict', state)
-    state = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state.items()}
+    state = unwrap_state_dict(state)
     loaded = []
     for part in DENSE_PARTS:
         module = getattr(model, part, None)
