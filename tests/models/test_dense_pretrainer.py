@@ -25,13 +25,15 @@ def batch():
     return inputs, samples_for(batched_cameras(*rigs), boxes, labels)
 
 
-def test_pretrainer_losses_are_the_detectors_dense_losses():
+@pytest.mark.parametrize('offsets', [False, True])
+def test_pretrainer_losses_are_the_detectors_dense_losses(offsets):
     inputs, samples = batch()
-    pre = pretrainer().train()
-    det = build(3, **DENSE).train()
+    pre = pretrainer(token_offsets=offsets).train()
+    det = build(3, token_offsets=offsets, **DENSE).train()
     det.load_state_dict(pre.state_dict())
     losses = pre(inputs, samples, mode='loss')
-    assert set(losses) == {'token.loss_cls', 'token.loss_depth', 'pixel.loss_cls', 'pixel.loss_depth'}
+    assert set(losses) == {'token.loss_cls', 'token.loss_depth', 'pixel.loss_cls', 'pixel.loss_depth'} | (
+        {'token.loss_offset'} if offsets else set())
     expected = det(inputs, samples, mode='loss')
     for key, value in losses.items():
         assert value > 0
@@ -49,12 +51,14 @@ def test_only_the_dense_parts_learn():
         assert all(p.grad is None for p in getattr(pre, part).parameters()), part
 
 
-@pytest.mark.parametrize('mode', ['spatial_tokens', 'learned'])
+@pytest.mark.parametrize('mode', ['spatial_tokens', 'offsets', 'learned'])
 def test_detector_loads_exactly_the_dense_parts(tmp_path, mode):
-    pre = pretrainer(seed=1)
+    offsets = dict(token_offsets=mode == 'offsets')
+    pre = pretrainer(seed=1, **offsets)
     path = tmp_path / 'dense.pth'
     torch.save(dict(state_dict={f'module.{k}': v for k, v in pre.state_dict().items()}, meta={}), path)
-    extra = dict(DENSE) if mode == 'spatial_tokens' else dict(conditioning='none', pixel_loss=dict())
+    extra = dict(conditioning='none', pixel_loss=dict()) if mode == 'learned' else dict(DENSE, **offsets)
+    mode = 'spatial_tokens' if mode == 'offsets' else mode
     plain = build(3, query_mode=mode, seed=2, **extra)
     torch.manual_seed(5)
     plain.init_weights()  # mmengine's initialisation re-draws some weights (the head's)
@@ -65,7 +69,8 @@ def test_detector_loads_exactly_the_dense_parts(tmp_path, mode):
     after, source = det.state_dict(), pre.state_dict()
     loaded = {k for k in after if k.split('.')[0] in DENSE_PARTS}
     assert {k.split('.')[0] for k in loaded} == ({'backbone', 'neck', 'conditioning', 'depth_mlp', 'token_cls',
-                                                   'pixel_head'} if mode == 'spatial_tokens'
+                                                   'pixel_head'} | ({'offset_mlp'} if extra.get('token_offsets')
+                                                                    else set()) if mode == 'spatial_tokens'
                                                   else {'backbone', 'neck', 'pixel_head'})
     for key, value in after.items():
         if key in loaded:

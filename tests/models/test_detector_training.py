@@ -44,8 +44,9 @@ def np_token_rays(k, l2c, grid):
 def np_token_targets(ks, l2cs, centres, labels, grid):
     """multiview_detector's token-supervision rule in numpy: a centre in front of a view (depth > 0.1) and inside
     [0, W) x [0, H) marks its cell; the nearest centre (camera depth) wins; the target depth is
-    (c - o) . d along the token's ray. Owner of a GT: of the cells it wins, the one whose view sees
-    its centre nearest the middle column (|u / W - 0.5|)."""
+    (c - o) . d along the token's ray, its offset where the centre projects relative to the cell centre, in
+    cell sizes. Owner of a GT: of the cells it wins, the one whose view sees its centre nearest the middle
+    column (|u / W - 0.5|)."""
     gh, gw = grid
     M = gh * gw
     best = {}  # token -> (camera depth, gt index)
@@ -57,16 +58,18 @@ def np_token_targets(ks, l2cs, centres, labels, grid):
                 tok = n * M + int(v * gh // H) * gw + int(u * gw // W)
                 if tok not in best or depth[g] < best[tok][0]:
                     best[tok] = (depth[g], g)
-    out_labels, out_depths = np.full(len(ks) * M, -1), np.zeros(len(ks) * M)
+    out_labels, out_depths, out_offsets = np.full(len(ks) * M, -1), np.zeros(len(ks) * M), np.zeros((len(ks) * M, 2))
     owners, off = np.full(len(centres), -1), np.full(len(centres), np.inf)
     for tok, (_, g) in best.items():
         origin, dirs = np_token_rays(ks[tok // M], l2cs[tok // M], grid)
         out_labels[tok] = labels[g]
         out_depths[tok] = (centres[g] - origin) @ dirs[tok % M]
-        u = np_project(ks[tok // M], l2cs[tok // M], centres)[0][g, 0]
+        u, v = np_project(ks[tok // M], l2cs[tok // M], centres)[0][g]
+        row, col = divmod(tok % M, gw)
+        out_offsets[tok] = (u * gw / W - col - 0.5, v * gh / H - row - 0.5)
         if abs(u / W - 0.5) < off[g]:
             owners[g], off[g] = tok, abs(u / W - 0.5)
-    return out_labels, out_depths, owners
+    return out_labels, out_depths, owners, out_offsets
 
 
 # ---------------------------------------------------------------------------------- token targets
@@ -100,7 +103,7 @@ def test_target_scene_covers_every_case():
     assert (np.array([d for _, d in proj])[:, 3] < 0).all()  # behind every camera
     assert (np.array([d for _, d in proj])[:, 4] > 0).all() and not inside[:, 4].any()  # outside every image
     assert inside[:, 5].sum() == 2  # seen twice
-    exp_labels, _, _ = np_token_targets(ks, l2cs, centres, labels, TARGET_GRID)
+    exp_labels = np_token_targets(ks, l2cs, centres, labels, TARGET_GRID)[0]
     M = TARGET_GRID[0] * TARGET_GRID[1]
     assert exp_labels[0] == 0 and exp_labels[M + 2 * 3 + 2] == 3 and exp_labels[2 * M + 3 * 3] == 9
     assert 5 not in exp_labels and 1 not in exp_labels and 2 not in exp_labels
@@ -133,13 +136,15 @@ def test_token_targets_match_numpy_reference():
             o, d = np_token_rays(k[n], m[n], TARGET_GRID)
             np.testing.assert_allclose(origins[b, n * M:(n + 1) * M].numpy(), np.tile(o, (M, 1)), atol=1e-5)
             np.testing.assert_allclose(dirs[b, n * M:(n + 1) * M].numpy(), d, atol=1e-5)
-        got_labels, got_depths, got_owners = token_targets(
+        got_labels, got_depths, got_owners, got_offsets = token_targets(
             torch.as_tensor(c, dtype=torch.float32), torch.as_tensor(lab),
             MultiViewCameras(cameras.cam2img[b], cameras.lidar2cam[b]), (H, W), TARGET_GRID, origins[b], dirs[b])
-        exp_labels, exp_depths, exp_owners = np_token_targets(k, m, c, lab, TARGET_GRID)
+        exp_labels, exp_depths, exp_owners, exp_offsets = np_token_targets(k, m, c, lab, TARGET_GRID)
         np.testing.assert_array_equal(got_labels.numpy(), exp_labels)
         np.testing.assert_array_equal(got_owners.numpy(), exp_owners)
         np.testing.assert_allclose(got_depths.numpy(), exp_depths, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got_offsets.numpy(), exp_offsets, atol=1e-4, rtol=0)
+        assert (np.abs(exp_offsets) <= 0.5).all() and np.abs(exp_offsets[exp_labels >= 0]).max() > 0.05
         assert got_labels.dtype == torch.int64 and (exp_labels >= 0).sum() >= (5 if b == 0 else 1)
         onehot = np.zeros((3 * M, K))
         onehot[exp_labels >= 0, exp_labels[exp_labels >= 0]] = 1
@@ -158,8 +163,10 @@ def test_token_targets_without_visible_centres():
     origins, dirs = (r.reshape(-1, 3) for r in cameras.pixel_grid_rays(TARGET_GRID, (H, W)))
     for c, lab in ((torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)),
                    (torch.as_tensor(centres[3:5], dtype=torch.float32), torch.as_tensor(labels[3:5]))):
-        got_labels, got_depths, got_owners = token_targets(c, lab, cameras, (H, W), TARGET_GRID, origins, dirs)
+        got_labels, got_depths, got_owners, got_offsets = token_targets(c, lab, cameras, (H, W), TARGET_GRID,
+                                                                        origins, dirs)
         assert got_labels.shape == (3 * 12,) and (got_labels == -1).all() and (got_depths == 0).all()
+        assert got_offsets.shape == (3 * 12, 2) and (got_offsets == 0).all()
         assert got_owners.shape == lab.shape and (got_owners == -1).all()
 
 
@@ -191,7 +198,7 @@ def test_training_through_degenerate_samples(case, variant):
     c = torch.cat([boxes[0][:, :2], boxes[0][:, 2:3] + boxes[0][:, 5:6] / 2], -1)  # gravity centres
     cams0 = MultiViewCameras(cameras.cam2img[0], cameras.lidar2cam[0])
     o, d = (r.reshape(-1, 3) for r in cams0.pixel_grid_rays((2, 3), (H, W)))
-    tgt_labels, tgt_depths, _ = token_targets(c, torch.as_tensor(labels[0]), cams0, (H, W), (2, 3), o, d)
+    tgt_labels, tgt_depths = token_targets(c, torch.as_tensor(labels[0]), cams0, (H, W), (2, 3), o, d)[:2]
     if case == 'gt_far_outside':  # both views see both centres, at target depths beyond depth_range (1, 60)
         assert (tgt_labels >= 0).sum() == 4 and (tgt_depths[tgt_labels >= 0] > 100).all()
     else:  # no GT centre marks a token

@@ -24,6 +24,13 @@ tokens of all views instead:
   bin_embed[i]``. A single regressed depth per token is wrong by metres for many iterations and a
   token then has no query near its object; k hypotheses cover the whole ray from the start, and
   the image decides (through the head's classification) which of them holds an object.
+* in-cell offsets (``token_offsets=True``; the projected-centre offset of CenterNet / FCOS3D): a
+  token's cell is tens of pixels wide, so the ray through its centre misses an object centre that
+  projects elsewhere in the cell by ``depth * offset / focal`` metres (over 1 m at 20 m in the
+  demo). Each hypothesis predicts where in its cell the centre projects, ``0.5 * tanh(MLP(token))``
+  cell sizes per axis (zero-initialised: the cell centre), and its reference lies on the ray
+  through that pixel instead (depth bins and bounds follow that ray). The token supervision
+  regresses it (L1, cell sizes) to the labelled hypothesis's GT centre.
 * query selection (``num_select=S``, DINO's query selection): of the T * Z token hypotheses, the S
   with the highest token-class score (``token_loss``'s dense classifier, detached) become the
   decoder's queries, so the decoder's cost does not grow with Z.
@@ -104,7 +111,7 @@ QUERY_MODES = ('spatial_tokens', 'learned')
 
 
 # the parts a dense-pretraining checkpoint (DensePretrainer) gives a detector; the rest starts fresh
-DENSE_PARTS = ('backbone', 'neck', 'conditioning', 'depth_mlp', 'token_cls', 'pixel_head')
+DENSE_PARTS = ('backbone', 'neck', 'conditioning', 'depth_mlp', 'offset_mlp', 'token_cls', 'pixel_head')
 REF_MARGIN = 1e-3  # fraction of each pc_range extent kept between a token's reference and the range's faces
 
 
@@ -192,7 +199,7 @@ def pixel_targets(boxes: Tensor, labels: Tensor, cameras: MultiViewCameras, feat
 
 @torch.no_grad()
 def token_targets(centres: Tensor, labels: Tensor, cameras: MultiViewCameras, image_size: Sequence[int],
-                  grid: Sequence[int], origins: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:
+                  grid: Sequence[int], origins: Tensor, dirs: Tensor) -> tuple[Tensor, ...]:
     """Targets of the token supervision for ONE sample (module docstring).
 
     Args:
@@ -205,7 +212,9 @@ def token_targets(centres: Tensor, labels: Tensor, cameras: MultiViewCameras, im
         labels (N_cam * M,) int64, -1 where no centre falls; depths (N_cam * M,) the winning
         centre's distance along the token's ray ``(c - o) . d`` (0 where label is -1); owners (G,)
         int64: the one token each GT is assigned to (of the cells it wins, the one nearest its
-        view's centre column), -1 for a GT that wins no cell.
+        view's centre column), -1 for a GT that wins no cell; offsets (N_cam * M, 2) where the
+        winning centre projects in its cell, ``(u, v)`` relative to the cell centre in cell sizes
+        (in [-0.5, 0.5), 0 where label is -1).
     """
     H, W = (float(v) for v in image_size)
     gh, gw = grid
@@ -214,29 +223,33 @@ def token_targets(centres: Tensor, labels: Tensor, cameras: MultiViewCameras, im
     out_labels = torch.full((num_tokens,), -1, dtype=torch.long, device=centres.device)
     out_depths = torch.zeros(num_tokens, dtype=torch.float32, device=centres.device)
     owners = torch.full((centres.shape[0],), -1, dtype=torch.long, device=centres.device)
+    out_offsets = torch.zeros(num_tokens, 2, dtype=torch.float32, device=centres.device)
     if centres.shape[0] == 0:
-        return out_labels, out_depths, owners
+        return out_labels, out_depths, owners, out_offsets
     uv, depth = cameras.project(centres.float())  # (N, G, 2), (N, G)
     inside = (depth > 0.1) & (uv[..., 0] >= 0) & (uv[..., 0] < W) & (uv[..., 1] >= 0) & (uv[..., 1] < H)
     cam, g = inside.nonzero(as_tuple=True)  # (P,) each
     if cam.numel() == 0:
-        return out_labels, out_depths, owners
-    row = (uv[cam, g, 1] * gh / H).long().clamp(0, gh - 1)
-    col = (uv[cam, g, 0] * gw / W).long().clamp(0, gw - 1)
+        return out_labels, out_depths, owners, out_offsets
+    cell_uv = uv[cam, g] * uv.new_tensor([gw / W, gh / H])  # (P, 2) in cells: (column, row)
+    row = cell_uv[:, 1].long().clamp(0, gh - 1)
+    col = cell_uv[:, 0].long().clamp(0, gw - 1)
+    offset = cell_uv - torch.stack([col, row], -1) - 0.5  # (P, 2) from the cell centre
     token = cam * M + row * gw + col  # (P,)
     d = depth[cam, g]
     nearest = torch.full((num_tokens,), float('inf'), device=d.device).scatter_reduce(0, token, d, 'amin')
     win = d == nearest[token]  # the nearest centre of each marked cell
-    token, g, off_centre = token[win], g[win], (uv[cam, g, 0] / W - 0.5).abs()[win]
+    token, g, off_centre, offset = token[win], g[win], (uv[cam, g, 0] / W - 0.5).abs()[win], offset[win]
     first = torch.full((num_tokens,), centres.shape[0], device=d.device).scatter_reduce(0, token, g, 'amin')
     keep = g == first[token]  # equal depths: the lowest GT index keeps the cell
-    token, g, off_centre = token[keep], g[keep], off_centre[keep]
+    token, g, off_centre, offset = token[keep], g[keep], off_centre[keep], offset[keep]
     out_labels[token] = labels[g]
     out_depths[token] = ((centres[g].float() - origins[token]) * dirs[token]).sum(-1)
+    out_offsets[token] = offset.float()
     best = torch.full((centres.shape[0],), float('inf'), device=d.device).scatter_reduce(0, g, off_centre, 'amin')
     own = off_centre == best[g]  # a GT seen by two views is owned by one token
     owners[g[own]] = token[own]
-    return out_labels, out_depths, owners
+    return out_labels, out_depths, owners, out_offsets
 
 
 @MODELS.register_module()
@@ -270,7 +283,11 @@ class MultiViewDetector(BaseModel):
         token_loss: ``dict(cls_weight=..., depth_weight=..., assign=False)`` turns on the token
             supervision (module docstring; spatial-token mode only), None (default) leaves it off.
             ``assign=True`` also matches each GT to the query of the token that owns it before the
-            head's Hungarian step (the rest is matched by cost as usual).
+            head's Hungarian step (the rest is matched by cost as usual). ``offset_weight`` (default
+            1.0) weighs the in-cell offset loss of ``token_offsets``.
+        token_offsets: each token hypothesis predicts where in its cell the object centre projects,
+            and its reference lies on the ray through that pixel (module docstring; needs
+            ``token_loss``, which supervises it); False (default) keeps the cell-centre ray.
         pixel_loss: ``dict(cls_weight=..., depth_weight=...)`` turns on the pixel supervision of
             the first FPN level (module docstring; any query mode), None (default) leaves it off.
         num_select: keep the S token hypotheses of highest token-class score as queries (module
@@ -291,7 +308,7 @@ class MultiViewDetector(BaseModel):
                  depth_range: Sequence[float] = (1.0, 60.0), depth_bins: int = 1, ray_num_freqs: int = 4,
                  token_loss: Optional[dict] = None, pixel_loss: Optional[dict] = None,
                  num_select: Optional[int] = None, denoising: Optional[dict] = None,
-                 global_queries: int = 0, pretrained: Optional[str] = None,
+                 global_queries: int = 0, token_offsets: bool = False, pretrained: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.pretrained = pretrained
@@ -336,13 +353,16 @@ class MultiViewDetector(BaseModel):
         self.head = DETR3DHead(**head)
 
         if token_loss is not None:
-            unknown = set(token_loss) - {'cls_weight', 'depth_weight', 'assign'}
+            unknown = set(token_loss) - {'cls_weight', 'depth_weight', 'offset_weight', 'assign'}
             if query_mode != 'spatial_tokens' or unknown:
                 raise ValueError(f"MultiViewDetector: token_loss needs query_mode='spatial_tokens' and only the keys "
-                                 f"cls_weight, depth_weight, assign; got query_mode={query_mode!r}, "
+                                 f"cls_weight, depth_weight, offset_weight, assign; got query_mode={query_mode!r}, "
                                  f"token_loss={token_loss}")
-        self.token_loss = (None if token_loss is None else
-                           dict(dict(cls_weight=1.0, depth_weight=0.1, assign=False), **token_loss))
+        self.token_loss = (None if token_loss is None else dict(
+            dict(cls_weight=1.0, depth_weight=0.1, offset_weight=1.0, assign=False), **token_loss))
+        if token_offsets and token_loss is None:
+            raise ValueError('MultiViewDetector: token_offsets=True needs token_loss (it supervises the offsets), '
+                             f'got token_loss=None with query_mode={query_mode!r}')
         if pixel_loss is not None and set(pixel_loss) - {'cls_weight', 'depth_weight'}:
             raise ValueError(f'MultiViewDetector: pixel_loss takes only the keys cls_weight, depth_weight; '
                              f'got {pixel_loss}')
@@ -365,6 +385,12 @@ class MultiViewDetector(BaseModel):
                                                nn.Linear(embed_dims, embed_dims))
             self.depth_mlp = nn.Sequential(nn.Linear(c_last, embed_dims), nn.ReLU(inplace=True),
                                            nn.Linear(embed_dims, self.depth_bins))
+            self.offset_mlp = None
+            if token_offsets:
+                self.offset_mlp = nn.Sequential(nn.Linear(c_last, embed_dims), nn.ReLU(inplace=True),
+                                                nn.Linear(embed_dims, 2 * self.depth_bins))
+                nn.init.zeros_(self.offset_mlp[-1].weight)  # every hypothesis starts on its cell-centre ray
+                nn.init.zeros_(self.offset_mlp[-1].bias)
             if self.depth_bins > 1:
                 self.bin_embed = nn.Embedding(self.depth_bins, embed_dims)
             if self.token_loss is not None:
@@ -444,31 +470,41 @@ class MultiViewDetector(BaseModel):
     def token_queries(self, tokens: Tensor, cameras: MultiViewCameras,
                       image_size: Sequence[int]) -> dict:
         """Spatial tokens (B, N, M, C_last) -> dict(query (B, Q, C), query_pos (B, Q, C),
-        ref_points (B, Q, 3) metres (LiDAR frame), depth (B, Q) metres along the ray, origins and
-        dirs (B, Q, 3) the query rays, edges (B, Q, 2) each query's depth bin), with Q = T * Z in
+        ref_points (B, Q, 3) metres (LiDAR frame), depth (B, Q) metres along the query's ray,
+        origins and dirs (B, Q, 3) the rays through the token cell centres, edges (B, Q, 2) each
+        query's depth bin, offsets (B, Q, 2) or None the in-cell offsets), with Q = T * Z in
         camera-major, then token, then bin order (query ``t * Z + z`` is bin z of token t). Each
-        reference stays on its ray inside the head's pc_range (module docstring)."""
+        reference stays on its ray (the cell-centre ray, or with ``token_offsets`` the ray through
+        the offset pixel) inside the head's pc_range (module docstring)."""
         B, N, M, _ = tokens.shape
         Z = self.depth_bins
+        grid, image_size = self.backbone.spatial_grid, tuple(image_size)
         with torch.no_grad():
-            origins, dirs = cameras.pixel_grid_rays(self.backbone.spatial_grid, tuple(image_size))  # (B, N, M, 3) x 2
+            centres_uv = cameras.pixel_grid(grid, image_size)  # (B, N, M, 2)
+            origins, dirs = cameras.rays(centres_uv)  # (B, N, M, 3) each
         origins, dirs = origins.reshape(B, N * M, 3), dirs.reshape(B, N * M, 3)  # (B, T, 3) each
         tokens = tokens.reshape(B, N * M, -1)  # (B, T, C_last)
         query = self.query_proj(tokens)  # (B, T, C)
         ray_code = fourier_features(_plucker(origins, dirs), self.ray_num_freqs).to(query.dtype)  # (B, T, 6 * (1 + 2F))
         query_pos = self.query_pos_mlp(ray_code)  # (B, T, C)
-        lo, hi = ray_depth_bounds(origins, dirs, self.head.pc_range, self.depth_range)  # (B, T) each
-        edges = depth_bin_edges(lo, hi, Z)  # (B, T, Z + 1)
-        frac = self.depth_mlp(tokens).float().sigmoid()  # (B, T, Z)
-        depth = edges[..., :-1] + (edges[..., 1:] - edges[..., :-1]) * frac  # (B, T, Z) metres
+        origins, dirs = origins.repeat_interleave(Z, dim=1), dirs.repeat_interleave(Z, dim=1)  # (B, Q, 3) each
+        offsets, ref_o, ref_d = None, origins, dirs
+        if self.offset_mlp is not None:
+            offsets = 0.5 * torch.tanh(self.offset_mlp(tokens).float()).view(B, N * M * Z, 2)  # (B, Q, 2) cells
+            cell = centres_uv.new_tensor([image_size[1] / grid[1], image_size[0] / grid[0]])  # (2,) pixels (W, H)
+            uv = centres_uv.repeat_interleave(Z, dim=2) + offsets.view(B, N, M * Z, 2) * cell  # (B, N, M * Z, 2)
+            ref_o, ref_d = (r.reshape(B, N * M * Z, 3) for r in cameras.rays(uv))  # (B, Q, 3) each
+        lo, hi = ray_depth_bounds(ref_o, ref_d, self.head.pc_range, self.depth_range)  # (B, Q) each
+        edges = depth_bin_edges(lo, hi, Z)  # (B, Q, Z + 1) of each query's own ray
+        z = torch.arange(Z, device=lo.device).repeat(N * M).view(1, -1, 1).expand(B, -1, 1)  # (B, Q, 1) its bin
+        bins = torch.cat([edges.gather(-1, z), edges.gather(-1, z + 1)], -1)  # (B, Q, 2)
+        frac = self.depth_mlp(tokens).float().sigmoid().flatten(1, 2)  # (B, Q)
+        depth = bins[..., 0] + (bins[..., 1] - bins[..., 0]) * frac  # (B, Q) metres
         if Z > 1:
             query = (query[:, :, None] + self.bin_embed.weight.to(query.dtype)).flatten(1, 2)  # (B, Q, C)
             query_pos = query_pos.repeat_interleave(Z, dim=1)  # (B, Q, C)
-            origins, dirs = origins.repeat_interleave(Z, dim=1), dirs.repeat_interleave(Z, dim=1)  # (B, Q, 3) each
-        depth = depth.flatten(1, 2)  # (B, Q)
-        bins = torch.stack([edges[..., :-1], edges[..., 1:]], -1).flatten(1, 2)  # (B, Q, 2)
-        return dict(query=query, query_pos=query_pos, ref_points=origins + depth[..., None] * dirs, depth=depth,
-                    origins=origins, dirs=dirs, edges=bins)
+        return dict(query=query, query_pos=query_pos, ref_points=ref_o + depth[..., None] * ref_d, depth=depth,
+                    origins=origins, dirs=dirs, edges=bins, offsets=offsets)
 
     def learned_queries(self, B: int) -> tuple[Tensor, Tensor, Tensor]:
         """DETR3D's learned queries -> query (B, Q, C), query_pos (B, Q, C), reference points (B, Q, 3) metres."""
@@ -479,10 +515,14 @@ class MultiViewDetector(BaseModel):
 
     def _token_outputs(self, tokens: Tensor, q: dict) -> dict:
         """Final tokens (B, N, M, C_last) and :meth:`token_queries`' dict -> the dense token predictions
-        ``token_cls_scores`` (B, Q, K) logits, ``token_depths`` (B, Q), ``token_rays``, ``token_bins``."""
+        ``token_cls_scores`` (B, Q, K) logits, ``token_depths`` (B, Q), ``token_rays``, ``token_bins``
+        (+ ``token_offsets`` (B, Q, 2) with ``token_offsets``)."""
         logits = self.token_cls(tokens.flatten(1, 2))  # (B, T, Z * K)
-        return dict(token_cls_scores=logits.unflatten(-1, (self.depth_bins, -1)).flatten(1, 2),  # (B, Q, K)
-                    token_depths=q['depth'], token_rays=(q['origins'], q['dirs']), token_bins=q['edges'])
+        out = dict(token_cls_scores=logits.unflatten(-1, (self.depth_bins, -1)).flatten(1, 2),  # (B, Q, K)
+                   token_depths=q['depth'], token_rays=(q['origins'], q['dirs']), token_bins=q['edges'])
+        if q['offsets'] is not None:
+            out['token_offsets'] = q['offsets']  # (B, Q, 2)
+        return out
 
     def _pixel_outputs(self, feats: list[Tensor]) -> Tensor:
         """FPN feats -> ``pixel_preds`` (B, N, K + 1, h, w): class logits and depth on the first level."""
@@ -652,19 +692,26 @@ class MultiViewDetector(BaseModel):
         Z = self.depth_bins
         origins, dirs = (r[:, ::Z] for r in outputs['token_rays'])  # (B, T, 3) each
         lower = outputs['token_bins'][:, :, 0].unflatten(1, (-1, Z))  # (B, T, Z) each bin's near edge
-        tgt_labels, tgt_depths, owners = [], [], []
+        tgt_labels, tgt_depths, tgt_offsets, owners = [], [], [], []
         for i, (b, lab) in enumerate(zip(boxes, labels)):
-            t_lab, t_depth, own = token_targets(LiDARBoxes(b, validate=False).gravity_center, lab, cameras.sample(i),
-                                                image_size, self.backbone.spatial_grid, origins[i], dirs[i])
+            t_lab, t_depth, own, t_off = token_targets(LiDARBoxes(b, validate=False).gravity_center, lab,
+                                                       cameras.sample(i), image_size, self.backbone.spatial_grid,
+                                                       origins[i], dirs[i])
             z = (t_depth[:, None] >= lower[i, :, 1:]).sum(-1)  # (T,) the bin holding the target depth
             hyp = torch.full((t_lab.shape[0], Z), -1, dtype=torch.long, device=t_lab.device)  # (T, Z)
             hyp.scatter_(1, z[:, None], t_lab[:, None])
             tgt_labels.append(hyp.flatten())  # (Q,)
             tgt_depths.append(t_depth.repeat_interleave(Z))  # (Q,) read only where labelled
+            tgt_offsets.append(t_off.repeat_interleave(Z, dim=0))  # (Q, 2) read only where labelled
             owned = own >= 0
             owners.append(torch.where(owned, own * Z + z[own.clamp(min=0)], own))  # (G,)
         tgt_labels, tgt_depths = torch.stack(tgt_labels), torch.stack(tgt_depths)  # (B, Q) each
-        return self._dense_losses('token', self.token_loss, logits, depths, tgt_labels, tgt_depths), owners
+        losses = self._dense_losses('token', self.token_loss, logits, depths, tgt_labels, tgt_depths)
+        if 'token_offsets' in outputs:  # L1 in cell sizes on the labelled hypotheses
+            pos = tgt_labels >= 0
+            err = (outputs['token_offsets'].float()[pos] - torch.stack(tgt_offsets)[pos]).abs().sum()
+            losses['token.loss_offset'] = self.token_loss['offset_weight'] * err / max(int(pos.sum()), 1)
+        return losses, owners
 
 
 def load_dense_parts(model: MultiViewDetector, checkpoint) -> None:
