@@ -1,5 +1,5 @@
 # SpatialFormer-S multi-view detector: the camera-conditioned spatial tokens (10 x 15 per view,
-# 6 views = 900 tokens) emit 4 depth hypotheses each (3600); the 900 of highest token-class score
+# 6 views = 900 tokens) emit 8 depth hypotheses each (7200); the 900 of highest token-class score
 # become the decoder's queries (DETR3D's 900); 1600x900 input. The convergence options measured on
 # synthetic nuScenes (README, "Convergence") are on: dense token and pixel supervision with owner
 # assignment, depth bins, query selection, denoising queries.
@@ -17,7 +17,7 @@ model = dict(
     query_mode='spatial_tokens',
     conditioning='ray',  # none | intrinsics | extrinsics | ray | frustum (configs/nuscenes/ablations)
     depth_range=(1.0, 50.0),  # metres along the ray, cut to the ray's segment inside the point-cloud range
-    depth_bins=4,  # depth hypotheses per token: 6 x 10 x 15 x 4 = 3600
+    depth_bins=8,  # depth hypotheses per token: 6 x 10 x 15 x 8 = 7200
     num_select=900,  # the hypotheses of highest token-class score that become queries
     token_loss=dict(cls_weight=1.0, depth_weight=0.1, assign=True),
     pixel_loss=dict(cls_weight=1.0, depth_weight=0.1),

@@ -1,6 +1,6 @@
 # The learned-query baseline of nuscenes_long.py at the same budget (README, "Convergence"):
 # DETR3D's queries, as many as the spatial-token model's decoder has (num_select = 360 of its
-# 6 views x 6 x 10 tokens x 4 depth bins = 1440 hypotheses), no camera conditioning and no token
+# 6 views x 6 x 10 tokens x 8 depth bins = 2880 hypotheses), no camera conditioning and no token
 # supervision; the same pixel supervision, denoising, data, schedule and budget.
 _base_ = ['./nuscenes_long.py']
 

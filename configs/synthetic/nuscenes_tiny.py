@@ -16,8 +16,8 @@ model = dict(
     neck=dict(num_outs=3, add_extra_convs=False),  # C3-C5 without an extra level: strides 8, 16, 32
     head=dict(num_layers=3, num_heads=4, ffn_dims=256, dropout=0.0),
     embed_dims=128,
-    num_select=6 * 6 * 10,  # of the 6 x 6 x 10 x 4 = 1440 token hypotheses, the 360 best become queries
-)  # sf_s.py's other options stay on: token + pixel supervision, 4 depth bins, denoising
+    num_select=6 * 6 * 10,  # of the 6 x 6 x 10 x 8 = 2880 token hypotheses, the 360 best become queries
+)  # sf_s.py's other options stay on: token + pixel supervision, 8 depth bins, denoising
 
 train_pipeline = [
     dict(type='LoadMultiViewImages'),

@@ -33,7 +33,7 @@ FINAL_SIZE = (64, 128)  # (H, W) of the 400x225 synthetic images after resize + 
 TINY_MODEL = {
     'model.backbone.arch': dict(dims=(16, 16, 32, 32), heads=(1, 1, 2, 2), depths=(1, 1, 1, 1)),
     'model.backbone.spatial_grid': (2, 3),
-    'model.num_select': 36,  # of the 6 views x 2 x 3 tokens x 4 depth bins = 144 hypotheses
+    'model.num_select': 36,  # of the 6 views x 2 x 3 tokens x 8 depth bins = 288 hypotheses
     'model.embed_dims': 32,
     'model.head.num_layers': 1, 'model.head.num_heads': 2, 'model.head.ffn_dims': 32,
 }
