@@ -2,7 +2,7 @@
 # 6 views = 900 tokens) emit 8 depth hypotheses each (7200); the 900 of highest token-class score
 # become the decoder's queries (DETR3D's 900); 1600x900 input. The convergence options measured on
 # synthetic nuScenes (README, "Convergence") are on: dense token and pixel supervision with owner
-# assignment, depth bins, query selection, denoising queries.
+# assignment, depth bins with in-cell offsets, query selection, denoising queries.
 # Backbone from ImageNet: `python tools/train.py configs/imagenet/sf_s.py`, then copy the best
 # checkpoint to `pretrained` below (its 8x8 spatial embedding is resized to 10x15 on load).
 # A missing file stops training with the path and this advice; set
@@ -18,6 +18,7 @@ model = dict(
     conditioning='ray',  # none | intrinsics | extrinsics | ray | frustum (configs/nuscenes/ablations)
     depth_range=(1.0, 50.0),  # metres along the ray, cut to the ray's segment inside the point-cloud range
     depth_bins=8,  # depth hypotheses per token: 6 x 10 x 15 x 8 = 7200
+    token_offsets=True,  # each hypothesis on the ray through where in its cell it predicts the object centre
     num_select=900,  # the hypotheses of highest token-class score that become queries
     token_loss=dict(cls_weight=1.0, depth_weight=0.1, assign=True),
     pixel_loss=dict(cls_weight=1.0, depth_weight=0.1),

@@ -6,5 +6,5 @@ _base_ = ['./sf_s.py']
 
 num_queries = _base_.model.num_select  # as many as the token model's decoder has queries
 model = dict(query_mode='learned', num_queries=num_queries, conditioning='none', token_loss=None, depth_bins=1,
-             num_select=None)
+             token_offsets=False, num_select=None)
 model_wrapper_cfg = dict(type='MMDistributedDataParallel', find_unused_parameters=True)

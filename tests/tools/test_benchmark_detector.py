@@ -67,7 +67,8 @@ def test_synthetic_batch_matches_the_collate_format():
 
 
 LEARNED = {'model.query_mode': 'learned', 'model.num_queries': 60, 'model.conditioning': 'none',
-           'model.token_loss': None, 'model.depth_bins': 1, 'model.num_select': None}  # the DETR3D baseline mode
+           'model.token_loss': None, 'model.depth_bins': 1, 'model.token_offsets': False,
+           'model.num_select': None}  # the DETR3D baseline mode
 
 
 @pytest.mark.parametrize('amp, cfg_options', [(False, None), (True, LEARNED)], ids=['fp32', 'bf16_learned_queries'])
