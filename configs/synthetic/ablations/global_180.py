@@ -3,4 +3,4 @@
 # covers the objects that no selected hypothesis is near (README, "Convergence"); measured with
 # 4 depth bins, then the default.
 _base_ = ['../nuscenes_tiny.py']
-model = dict(num_select=180, global_queries=180, depth_bins=4)
+model = dict(num_select=180, global_queries=180, depth_bins=4, token_offsets=False)

@@ -3,4 +3,4 @@
 # tokens (README, "Convergence").
 _base_ = ['../nuscenes_tiny.py']
 
-model = dict(backbone=dict(spatial_grid=(8, 14)), depth_bins=4)
+model = dict(backbone=dict(spatial_grid=(8, 14)), depth_bins=4, token_offsets=False)
