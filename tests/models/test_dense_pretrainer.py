@@ -68,10 +68,10 @@ def test_detector_loads_exactly_the_dense_parts(tmp_path, mode):
     det.init_weights()
     after, source = det.state_dict(), pre.state_dict()
     loaded = {k for k in after if k.split('.')[0] in DENSE_PARTS}
-    assert {k.split('.')[0] for k in loaded} == ({'backbone', 'neck', 'conditioning', 'depth_mlp', 'token_cls',
-                                                   'pixel_head'} | ({'offset_mlp'} if extra.get('token_offsets')
-                                                                    else set()) if mode == 'spatial_tokens'
-                                                  else {'backbone', 'neck', 'pixel_head'})
+    expected = {'backbone', 'neck', 'pixel_head'}
+    if mode == 'spatial_tokens':
+        expected |= {'conditioning', 'depth_mlp', 'token_cls'} | ({'offset_mlp'} if offsets['token_offsets'] else set())
+    assert {k.split('.')[0] for k in loaded} == expected
     for key, value in after.items():
         if key in loaded:
             torch.testing.assert_close(value, source[key], rtol=0, atol=0)

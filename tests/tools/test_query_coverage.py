@@ -96,3 +96,10 @@ def test_run_on_a_trained_tiny_detector(nuscenes_root, tmp_path, capsys):
     expected = np.sqrt(((gt[:, None] - refs[None]) ** 2).sum(-1)).min(1)
     np.testing.assert_allclose(d['ref'][:len(gt)].numpy(), expected, rtol=1e-6)
     assert d['ref'].numel() == count
+    # a checkpoint of another model is refused with the file and the keys named
+    state = checkpoint_state(ckpt)
+    state.pop(next(iter(state)))
+    bad = tmp_path / 'bad.pth'
+    torch.save({'state_dict': {f'module.{k}': v for k, v in state.items()}}, bad)
+    with pytest.raises(KeyError, match='bad.pth does not match the model: missing keys'):
+        tool.measure(str(run / 'tiny.py'), str(bad), progress=False)

@@ -27,7 +27,6 @@ import os.path as osp
 import sys
 from typing import List, Sequence, Tuple
 
-import numpy as np
 import torch
 
 GT_FILTERS = ('ObjectRangeFilter', 'ObjectNameFilter')
@@ -102,13 +101,14 @@ def measure(config: str, checkpoint: str, split: str = 'val', top: int = 100, pr
 
     from sf3d.datasets.transforms.formatting import multiview_collate
     from sf3d.registry import DATASETS, MODELS
+    from sf3d.utils.checkpoint import load_state_dict_strict, unwrap_state_dict
 
     cfg = Config.fromfile(config)
     with DefaultScope.overwrite_default_scope('sf3d'):
         model = MODELS.build(cfg.model).eval()
         dataset = DATASETS.build(dict(coverage_dataset_cfg(cfg, split), serialize_data=False))
-    state = torch.load(checkpoint, map_location='cpu', weights_only=False)
-    model.load_state_dict(state.get('state_dict', state), strict=True)
+    state = unwrap_state_dict(torch.load(checkpoint, map_location='cpu', weights_only=False))
+    load_state_dict_strict(model, state, source=checkpoint, name=f'query_coverage ({config})')
     out = dict(ref=[], final=[], top=[])
     for i in tqdm(range(len(dataset)), desc=osp.basename(osp.dirname(checkpoint)) or 'coverage', unit='sample',
                   file=sys.stderr, disable=not progress):
