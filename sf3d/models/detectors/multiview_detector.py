@@ -72,6 +72,16 @@ only the backbone, FPN, camera conditioning and the dense token and pixel heads 
 pixel supervision, no decoder; :meth:`MultiViewDetector.init_weights` then loads those parts
 (``DENSE_PARTS``) and the queries and decoder start fresh, in either query mode.
 
+Two-frame input (``num_frames=2``; Sparse4D / PETRv2-style temporal sampling, for velocity): the
+input holds the previous key frame's views after the current ones, all with cameras from the
+current LiDAR frame (``NuScenesMultiViewDataset(num_frames=2)`` composes the ego motion into
+them), and ``data_samples['time_delta']`` the seconds between the two. Both frames go through the
+backbone and FPN (the previous one without gradient by default); queries, token and pixel
+supervision come from the current frame. Each decoder layer samples the previous frame where
+the query's centre was, ``centre - velocity * dt``, at the velocity the layer before regressed
+(:mod:`sf3d.models.layers.temporal`), so the velocity is tied to the time in seconds and a wrong
+one samples the previous frame off the object.
+
 ``query_mode='learned'`` is the DETR3D baseline (any backbone, e.g. ResNet + FPN): an
 ``nn.Embedding(num_queries, 2 * embed_dims)`` split into (query_pos, query) and reference points
 ``sigmoid(Linear(query_pos))`` over the head's point-cloud range.
@@ -100,6 +110,7 @@ from sf3d.models.heads.box_coder import denormalize_points
 from sf3d.models.heads.detr3d_head import DETR3DHead
 from sf3d.models.layers.camera_encoding import CameraConditioning, fourier_features
 from sf3d.models.layers.denoising import DenoisingQueries
+from sf3d.models.layers.temporal import frame_time_deltas
 from sf3d.models.necks.fpn import FPN
 from sf3d.registry import MODELS
 from sf3d.structures import LiDARBoxes, MultiViewCameras
@@ -296,6 +307,11 @@ class MultiViewDetector(BaseModel):
             (``num_groups``, ``centre_noise``, ``label_noise``, ``ray_negatives``, ...; the sizes and
             pc_range come from the head) turn on denoising queries in training; None (default) leaves
             them off.
+        num_frames: 2 reads the previous key frame too (module docstring; the input then holds
+            2 x N_cam views, ``data_samples`` a ``time_delta``); 1 (default) is single-frame.
+        prev_frame_grad: with two frames, backpropagate through the previous frame's backbone and
+            FPN as well; False (default) runs them without gradient (the current frame's pass
+            trains the same weights, at about a third of the cost).
         pretrained: path of a :class:`DensePretrainer` (or MultiViewDetector) checkpoint whose
             ``DENSE_PARTS`` this detector has, loaded by :meth:`init_weights` (module docstring);
             None (default) keeps the backbone's own ``init_cfg``.
@@ -308,7 +324,8 @@ class MultiViewDetector(BaseModel):
                  depth_range: Sequence[float] = (1.0, 60.0), depth_bins: int = 1, ray_num_freqs: int = 4,
                  token_loss: Optional[dict] = None, pixel_loss: Optional[dict] = None,
                  num_select: Optional[int] = None, denoising: Optional[dict] = None,
-                 global_queries: int = 0, token_offsets: bool = False, pretrained: Optional[str] = None,
+                 global_queries: int = 0, token_offsets: bool = False, num_frames: int = 1,
+                 prev_frame_grad: bool = False, pretrained: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.pretrained = pretrained
@@ -347,7 +364,11 @@ class MultiViewDetector(BaseModel):
         self.neck, self.feat_strides = FPN.from_backbone(self.backbone, **neck)
 
         head = dict(head)
-        for key, value in (('embed_dims', embed_dims), ('num_levels', self.neck.num_outs)):
+        if num_frames not in (1, 2):
+            raise ValueError(f'MultiViewDetector: num_frames must be 1 or 2 (the previous key frame), got {num_frames}')
+        self.num_frames, self.prev_frame_grad = int(num_frames), bool(prev_frame_grad)
+        for key, value in (('embed_dims', embed_dims), ('num_levels', self.neck.num_outs),
+                           ('num_frames', self.num_frames)):
             if head.setdefault(key, value) != value:
                 raise ValueError(f'MultiViewDetector: head {key}={head[key]} differs from the detector\'s {value}')
         self.head = DETR3DHead(**head)
@@ -528,16 +549,33 @@ class MultiViewDetector(BaseModel):
         """FPN feats -> ``pixel_preds`` (B, N, K + 1, h, w): class logits and depth on the first level."""
         return self.pixel_head(feats[0].flatten(0, 1)).unflatten(0, feats[0].shape[:2])
 
-    def forward_outputs(self, img: Tensor, cameras: MultiViewCameras, dn: Optional[dict] = None) -> dict:
+    def frame_feats(self, img: Tensor, cameras: MultiViewCameras) -> tuple[list[Tensor], Optional[Tensor]]:
+        """:meth:`extract_feats` of every frame: img (B, F * N, 3, H, W) frame-major -> FPN feats
+        [L x (B, F * N, C, H_l, W_l)] and the CURRENT frame's spatial tokens (B, N, M, C_last) or
+        None. The previous frame runs without gradient unless ``prev_frame_grad``."""
+        if self.num_frames == 1:
+            return self.extract_feats(img, cameras)
+        N = img.shape[1] // self.num_frames
+        feats, tokens = self.extract_feats(img[:, :N], cameras.select(slice(0, N)))
+        with torch.set_grad_enabled(self.prev_frame_grad and torch.is_grad_enabled()):
+            prev, _ = self.extract_feats(img[:, N:], cameras.select(slice(N, None)))
+        return [torch.cat([cur, old], 1) for cur, old in zip(feats, prev)], tokens  # L x (B, F * N, C, h, w)
+
+    def forward_outputs(self, img: Tensor, cameras: MultiViewCameras, dn: Optional[dict] = None,
+                        frame_dt: Optional[Tensor] = None) -> dict:
         """Backbone, FPN, queries, head -> head outputs + ``ref_points`` (B, Q, 3) initial references
         (+ with token supervision: ``token_cls_scores`` (B, Q, K) logits, ``token_depths`` (B, Q),
         ``token_rays`` (origins, dirs) (B, Q, 3) each, ``token_bins`` (B, Q, 2) each query's depth
         bin; + with pixel supervision, in training:
         ``pixel_preds`` (B, N, K + 1, h, w) class logits and depth on the first FPN level; + with
         ``dn`` (:class:`DenoisingQueries`' output), run before the matching queries under its mask:
-        ``dn_outputs`` = (cls (D, B, Qd, K), box codes (D, B, Qd, 10), dn))."""
-        B = img.shape[0]
-        feats, tokens = self.extract_feats(img, cameras)
+        ``dn_outputs`` = (cls (D, B, Qd, K), box codes (D, B, Qd, 10), dn)). With two frames, img
+        and cameras hold F * N views (frame-major) and ``frame_dt`` (B, F) the seconds back to each
+        frame; the queries, the token and the pixel predictions come from the current frame."""
+        B, N = img.shape[0], img.shape[1] // self.num_frames
+        all_cameras = cameras
+        feats, tokens = self.frame_feats(img, cameras)
+        cameras = cameras.select(slice(0, N)) if self.num_frames > 1 else cameras  # the current frame's
         extra = {}
         if self.query_mode == 'spatial_tokens':
             q = self.token_queries(tokens, cameras, img.shape[-2:])
@@ -560,7 +598,8 @@ class MultiViewDetector(BaseModel):
             mask = dn['attn_mask'](query.shape[1], query.device)  # (B, 1, Qd + Q, Qd + Q)
             query, query_pos, ref = (torch.cat([dn[k].to(x.dtype), x], 1) for k, x in
                                      (('query', query), ('query_pos', query_pos), ('ref_points', ref)))
-        outputs = self.head(query, query_pos, ref, feats, cameras.lidar2img, tuple(img.shape[-2:]), attn_mask=mask)
+        outputs = self.head(query, query_pos, ref, feats, all_cameras.lidar2img, tuple(img.shape[-2:]), attn_mask=mask,
+                            frame_dt=frame_dt)
         if dn is not None:
             outputs['dn_outputs'] = (outputs['all_cls_scores'][:, :, :Qd], outputs['all_bbox_preds'][:, :, :Qd], dn)
             outputs['all_cls_scores'] = outputs['all_cls_scores'][:, :, Qd:]  # (D, B, Q, K)
@@ -569,7 +608,7 @@ class MultiViewDetector(BaseModel):
         outputs['ref_points'] = ref
         outputs.update(extra)
         if self.pixel_loss is not None and self.training:
-            outputs['pixel_preds'] = self._pixel_outputs(feats)  # (B, N, K + 1, h, w)
+            outputs['pixel_preds'] = self._pixel_outputs([f[:, :N] for f in feats])  # (B, N, K + 1, h, w)
         return outputs
 
     # ------------------------------------------------------------------ mmengine interface
@@ -602,15 +641,24 @@ class MultiViewDetector(BaseModel):
             raise ValueError(f"MultiViewDetector: mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
         img = self._images(inputs)
         cameras = self._cameras(data_samples, img.shape[0], img.shape[1], img.device)
+        frame_dt = None
+        if self.num_frames > 1:
+            per_frame = self.head.decoder.layers[0].cross_attn.num_cams
+            if img.shape[1] != self.num_frames * per_frame:
+                raise ValueError(f"MultiViewDetector: num_frames={self.num_frames} expects {self.num_frames} x "
+                                 f"{per_frame} views (current frame first), got {img.shape[1]}; build the dataset "
+                                 f"with num_frames={self.num_frames}")
+            frame_dt = frame_time_deltas(data_samples, img.shape[0], self.num_frames, img.device)  # (B, F)
         dn = None
         if mode == 'loss' and self.training and self.denoising is not None:
             boxes, labels = self._ground_truth(data_samples, img.device)
             dn = self.denoising(boxes, labels)
-        outputs = self.forward_outputs(img, cameras, dn)
+        outputs = self.forward_outputs(img, cameras, dn, frame_dt)
         if mode == 'tensor':
             return outputs
         if mode == 'loss':
-            return self.loss(outputs, data_samples, cameras, img.shape[-2:])
+            current = cameras.select(slice(0, img.shape[1] // self.num_frames))
+            return self.loss(outputs, data_samples, current, img.shape[-2:])
         preds = self.head.predict(outputs)
         tokens = data_samples.get('token', [None] * len(preds))
         return [dict(token=tok, pred_instances_3d=dict(bboxes_3d=LiDARBoxes(p['bboxes_3d'], validate=False),

@@ -38,6 +38,7 @@ from sf3d.models.heads.box_coder import (CODE_SIZE, PC_RANGE, POST_CENTER_RANGE,
 from sf3d.models.layers.attention import Attention
 from sf3d.models.layers.feature_sampling import sample_features
 from sf3d.models.layers.loss_normalizer import avg_num_targets
+from sf3d.models.layers.temporal import VelocityMatching
 from sf3d.structures import LiDARBoxes
 
 __all__ = ['DETR3DCrossAttention', 'DETR3DDecoderLayer', 'DETR3DDecoder', 'DETR3DHead']
@@ -47,21 +48,38 @@ class DETR3DCrossAttention(nn.Module):
     """3D-to-2D cross-attention (DETR3D's ``Detr3DCrossAtten``) with its own residual.
 
     ``forward(query (B, Q, C), query_pos (B, Q, C), ref_norm (B, Q, 3) in [0, 1] of pc_range,
-    feats [L x (B, N, C, H_l, W_l)], lidar2img (B, N, 4, 4), img_shape (H, W)) -> (B, Q, C)``.
+    feats [L x (B, F * N, C, H_l, W_l)], lidar2img (B, F * N, 4, 4), img_shape (H, W),
+    velocity (B, Q, 2) m/s or None, frame_dt (B, F) seconds or None) -> ((B, Q, C), matched
+    velocity (B, Q, 2) or None)``.
+
+    With F = ``num_frames`` = 2 (two-frame input, :mod:`sf3d.models.layers.temporal`) the views are
+    frame-major and every frame has its own sigmoid weights over cameras x levels. The previous
+    frame is sampled where the object was under a grid of velocity hypotheses around ``velocity``
+    and matched against the current frame (:class:`~sf3d.models.layers.temporal.VelocityMatching`,
+    built from ``velocity_matching``), which also returns the matched velocity. The frames' samples
+    are concatenated before the output projection, so the query sees what each frame shows rather
+    than their sum.
     """
 
     def __init__(self, *, embed_dims: int = 256, num_cams: int = 6, num_levels: int = 4,
-                 dropout: float = 0.1, pc_range: Sequence[float] = PC_RANGE):
+                 num_frames: int = 1, velocity_matching: dict | None = None, dropout: float = 0.1,
+                 pc_range: Sequence[float] = PC_RANGE):
         super().__init__()
+        if num_frames not in (1, 2) or (velocity_matching is not None and num_frames == 1):
+            raise ValueError(f'DETR3DCrossAttention: num_frames must be 1 or 2 (velocity_matching only with 2), '
+                             f'got num_frames={num_frames}, velocity_matching={velocity_matching}')
         self.num_cams = num_cams
         self.num_levels = num_levels
+        self.num_frames = int(num_frames)
         self.pc_range = tuple(pc_range)
-        self.attention_weights = nn.Linear(embed_dims, num_cams * num_levels)
-        self.output_proj = nn.Linear(embed_dims, embed_dims)
+        self.attention_weights = nn.Linear(embed_dims, self.num_frames * num_cams * num_levels)
+        self.output_proj = nn.Linear(self.num_frames * embed_dims, embed_dims)
         self.dropout = nn.Dropout(dropout)
         self.position_encoder = nn.Sequential(
             nn.Linear(3, embed_dims), nn.LayerNorm(embed_dims), nn.ReLU(inplace=True),
             nn.Linear(embed_dims, embed_dims), nn.LayerNorm(embed_dims), nn.ReLU(inplace=True))
+        self.velocity_matching = (VelocityMatching(embed_dims=embed_dims, **(velocity_matching or {}))
+                                  if self.num_frames == 2 else None)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -72,61 +90,93 @@ class DETR3DCrossAttention(nn.Module):
         nn.init.xavier_uniform_(self.output_proj.weight)
         nn.init.zeros_(self.output_proj.bias)
 
+    def _sample(self, feats: Sequence[Tensor], points: Tensor, lidar2img: Tensor, img_shape: Sequence[int],
+                weights: Tensor, frame: int) -> Tensor:
+        """Frame ``frame``'s views sampled at points (B, P, 3) metres and summed over cameras x levels
+        with weights (B, 1, P, N, L) -> (B, P, C) float32."""
+        views = slice(frame * self.num_cams, (frame + 1) * self.num_cams)
+        sampled, mask = sample_features([x[:, views] for x in feats], points, lidar2img[:, views],
+                                        img_shape)  # (B, C, P, N, L), (B, P, N)
+        weights = weights * mask[:, None, :, :, None].to(weights.dtype)  # (B, 1, P, N, L)
+        return (sampled * weights).sum(dim=(-1, -2)).transpose(1, 2)  # (B, P, C)
+
     def forward(self, query: Tensor, query_pos: Tensor, ref_norm: Tensor, feats: Sequence[Tensor],
-                lidar2img: Tensor, img_shape: Sequence[int]) -> Tensor:
+                lidar2img: Tensor, img_shape: Sequence[int], velocity: Tensor | None = None,
+                frame_dt: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         B, Q, C = query.shape
-        if len(feats) != self.num_levels or lidar2img.shape[1] != self.num_cams:
-            raise ValueError(f'DETR3DCrossAttention: built for {self.num_levels} levels and {self.num_cams} '
-                             f'cameras, got {len(feats)} levels and lidar2img {tuple(lidar2img.shape)}')
-        weights = self.attention_weights(query + query_pos).sigmoid()  # (B, Q, N*L)
-        weights = weights.view(B, 1, Q, self.num_cams, self.num_levels)  # (B, 1, Q, N, L)
+        F, N, L = self.num_frames, self.num_cams, self.num_levels
+        if len(feats) != L or lidar2img.shape[1] != F * N:
+            raise ValueError(f'DETR3DCrossAttention: built for {L} levels and {F} frame(s) x {N} cameras, got '
+                             f'{len(feats)} levels and lidar2img {tuple(lidar2img.shape)}')
+        if F > 1 and (velocity is None or frame_dt is None or velocity.shape != (B, Q, 2)
+                      or frame_dt.shape != (B, F)):
+            raise ValueError(f'DETR3DCrossAttention: {F} frames need velocity (B={B}, Q={Q}, 2) and frame_dt '
+                             f'(B, {F}), got {None if velocity is None else tuple(velocity.shape)} and '
+                             f'{None if frame_dt is None else tuple(frame_dt.shape)}')
         ref_metric = denormalize_points(ref_norm, self.pc_range)  # (B, Q, 3)
-        sampled, mask = sample_features(feats, ref_metric, lidar2img, img_shape)  # (B, C, Q, N, L), (B, Q, N)
-        weights = weights * mask[:, None, :, :, None].to(weights.dtype)  # (B, 1, Q, N, L)
-        out = (sampled * weights).sum(dim=(-1, -2))  # (B, C, Q)
-        out = self.output_proj(out.transpose(1, 2).to(query.dtype))  # (B, Q, C)
+        weights = self.attention_weights(query + query_pos).sigmoid()  # (B, Q, F*N*L)
+        weights = weights.view(B, 1, Q, F, N, L)  # (B, 1, Q, F, N, L)
+        out = [self._sample(feats, ref_metric, lidar2img, img_shape, weights[:, :, :, 0], 0)]  # [(B, Q, C)]
+        matched = None
+        if F == 2:
+            K = self.velocity_matching.offsets.shape[0]
+            prev_weights = weights[:, :, :, 1].repeat_interleave(K, dim=2)  # (B, 1, Q * K, N, L)
+            feature, matched = self.velocity_matching(
+                out[0], ref_metric, velocity, frame_dt[:, 1],
+                lambda pts: self._sample(feats, pts, lidar2img, img_shape, prev_weights, 1))  # (B, Q, C), (B, Q, 2)
+            out.append(feature)
+        out = self.output_proj(torch.cat(out, -1).to(query.dtype))  # (B, Q, C)
         pos_feat = self.position_encoder(inverse_sigmoid(ref_norm).to(query.dtype))  # (B, Q, C)
-        return self.dropout(out) + query + pos_feat
+        return self.dropout(out) + query + pos_feat, matched
 
 
 class DETR3DDecoderLayer(nn.Module):
     """Post-norm decoder layer: self-attention -> norm -> 3D cross-attention -> norm -> FFN -> norm.
 
-    ``forward`` takes the arguments of :class:`DETR3DCrossAttention` and an optional self-attention
-    ``attn_mask`` (bool, broadcastable to (B, heads, Q, Q), True = may attend), returns (B, Q, C).
+    ``forward`` takes the arguments of :class:`DETR3DCrossAttention`, an optional self-attention
+    ``attn_mask`` (bool, broadcastable to (B, heads, Q, Q), True = may attend) and the cross-attention's
+    ``velocity`` and ``frame_dt``; returns (B, Q, C) and the cross-attention's matched velocity
+    (B, Q, 2) or None.
     """
 
     def __init__(self, *, embed_dims: int = 256, num_heads: int = 8, ffn_dims: int = 1024,
-                 dropout: float = 0.1, num_cams: int = 6, num_levels: int = 4,
-                 pc_range: Sequence[float] = PC_RANGE):
+                 dropout: float = 0.1, num_cams: int = 6, num_levels: int = 4, num_frames: int = 1,
+                 velocity_matching: dict | None = None, pc_range: Sequence[float] = PC_RANGE):
         super().__init__()
         self.self_attn = Attention(embed_dims, num_heads, attn_drop=dropout)
         self.drop1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(embed_dims)
-        self.cross_attn = DETR3DCrossAttention(embed_dims=embed_dims, num_cams=num_cams,
-                                               num_levels=num_levels, dropout=dropout, pc_range=pc_range)
+        self.cross_attn = DETR3DCrossAttention(embed_dims=embed_dims, num_cams=num_cams, num_levels=num_levels,
+                                               num_frames=num_frames, velocity_matching=velocity_matching,
+                                               dropout=dropout, pc_range=pc_range)
         self.norm2 = nn.LayerNorm(embed_dims)
         self.ffn = nn.Sequential(nn.Linear(embed_dims, ffn_dims), nn.ReLU(inplace=True), nn.Dropout(dropout),
                                  nn.Linear(ffn_dims, embed_dims), nn.Dropout(dropout))
         self.norm3 = nn.LayerNorm(embed_dims)
 
     def forward(self, query: Tensor, query_pos: Tensor, ref_norm: Tensor, feats: Sequence[Tensor],
-                lidar2img: Tensor, img_shape: Sequence[int], attn_mask: Tensor | None = None) -> Tensor:
+                lidar2img: Tensor, img_shape: Sequence[int], attn_mask: Tensor | None = None,
+                velocity: Tensor | None = None, frame_dt: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         qk = query + query_pos
         x = self.norm1(query + self.drop1(self.self_attn(qk, qk, query, attn_mask=attn_mask)))  # (B, Q, C)
-        x = self.norm2(self.cross_attn(x, query_pos, ref_norm, feats, lidar2img, img_shape))  # (B, Q, C)
-        return self.norm3(x + self.ffn(x))  # (B, Q, C)
+        x, matched = self.cross_attn(x, query_pos, ref_norm, feats, lidar2img, img_shape, velocity, frame_dt)
+        x = self.norm2(x)  # (B, Q, C)
+        return self.norm3(x + self.ffn(x)), matched  # (B, Q, C), (B, Q, 2) or None
 
 
 class DETR3DDecoder(nn.Module):
     """A stack of decoder layers with iterative reference-point refinement.
 
     ``forward(query, query_pos, ref_norm (B, Q, 3), feats, lidar2img, img_shape, reg_branches=None,
-    attn_mask=None)`` (``attn_mask``: every layer's self-attention mask, see :class:`DETR3DDecoderLayer`)
-    returns ``dict(hidden_states (D, B, Q, C), references (D, B, Q, 3) the normalised reference
-    point each layer used, reg_outputs (D, B, Q, 10) raw regression outputs or None)``. With
-    ``reg_branches`` (one per layer), layer d's output refines the reference in inverse-sigmoid
-    space (code dims 0, 1, 4 = cx, cy, cz) and the result, detached, feeds layer d + 1.
+    attn_mask=None, frame_dt=None)`` (``attn_mask``: every layer's self-attention mask, see
+    :class:`DETR3DDecoderLayer`) returns ``dict(hidden_states (D, B, Q, C), references (D, B, Q, 3)
+    the normalised reference point each layer used, reg_outputs (D, B, Q, 10) raw regression
+    outputs or None)``. With ``reg_branches`` (one per layer), layer d's output refines the
+    reference in inverse-sigmoid space (code dims 0, 1, 4 = cx, cy, cz) and the result, detached,
+    feeds layer d + 1. With two-frame input, ``frame_dt`` (B, F) seconds back to each frame: layer
+    d matches the previous frame around the velocity that layer d - 1 regressed (code dims 8, 9,
+    detached; zero for the first layer), and its own velocity code is the matched velocity plus the
+    regressed residual.
     """
 
     def __init__(self, *, num_layers: int = 6, **layer_kwargs):
@@ -135,16 +185,22 @@ class DETR3DDecoder(nn.Module):
 
     def forward(self, query: Tensor, query_pos: Tensor, ref_norm: Tensor, feats: Sequence[Tensor],
                 lidar2img: Tensor, img_shape: Sequence[int], reg_branches: nn.ModuleList | None = None,
-                attn_mask: Tensor | None = None) -> dict:
+                attn_mask: Tensor | None = None, frame_dt: Tensor | None = None) -> dict:
         hidden, refs, regs = [], [], []
+        velocity = None if frame_dt is None else ref_norm.new_zeros(ref_norm.shape[:2] + (2,))  # (B, Q, 2) m/s
         for lid, layer in enumerate(self.layers):
-            query = layer(query, query_pos, ref_norm, feats, lidar2img, img_shape, attn_mask)
+            query, matched = layer(query, query_pos, ref_norm, feats, lidar2img, img_shape, attn_mask, velocity,
+                                   frame_dt)
             hidden.append(query)
             refs.append(ref_norm)
             if reg_branches is not None:
                 reg = reg_branches[lid](query)  # (B, Q, 10)
+                if matched is not None:  # velocity = matched + regressed residual
+                    reg = torch.cat([reg[..., :8], reg[..., 8:] + matched.to(reg.dtype)], -1)  # (B, Q, 10)
                 regs.append(reg)
                 ref_norm = (reg[..., [0, 1, 4]] + inverse_sigmoid(ref_norm)).sigmoid().detach()  # (B, Q, 3)
+                if velocity is not None:
+                    velocity = reg[..., 8:10].detach().float()  # (B, Q, 2)
         return dict(hidden_states=torch.stack(hidden), references=torch.stack(refs),
                     reg_outputs=torch.stack(regs) if regs else None)
 
@@ -172,7 +228,11 @@ class DETR3DHead(nn.Module):
     Args:
         num_classes: K (10 nuScenes detection classes).
         embed_dims, num_heads, ffn_dims, dropout, num_layers: decoder sizes (256, 8, 1024, 0.1, 6).
-        num_cams, num_levels: N cameras and L feature levels the cross-attention expects.
+        num_cams, num_levels: N cameras (per frame) and L feature levels the cross-attention expects.
+        num_frames: F frames of the input (2: the previous key frame's N views follow the current
+            ones; :mod:`sf3d.models.layers.temporal`); 1 (default) is single-frame DETR3D.
+        velocity_matching: keyword arguments of :class:`~sf3d.models.layers.temporal.VelocityMatching`
+            (``grid``, ``step``, ``match_dims``) with two frames.
         pc_range: ``[x0, y0, z0, x1, y1, z1]`` that reference points are normalised to.
         post_center_range, max_num: NMS-free decoding (see :class:`NMSFreeDecoder`).
         code_weights: per-dim L1 weights (``[1] * 8 + [0.2, 0.2]``).
@@ -182,7 +242,7 @@ class DETR3DHead(nn.Module):
 
     def __init__(self, *, num_classes: int = 10, embed_dims: int = 256, num_heads: int = 8,
                  ffn_dims: int = 1024, dropout: float = 0.1, num_layers: int = 6, num_cams: int = 6,
-                 num_levels: int = 4, pc_range: Sequence[float] = PC_RANGE,
+                 num_levels: int = 4, num_frames: int = 1, velocity_matching: dict | None = None, pc_range: Sequence[float] = PC_RANGE,
                  post_center_range: Sequence[float] = POST_CENTER_RANGE, max_num: int = 300,
                  code_weights: Sequence[float] = (1.0,) * 8 + (0.2, 0.2), cls_weight: float = 2.0,
                  reg_weight: float = 0.25, alpha: float = 0.25, gamma: float = 2.0):
@@ -196,7 +256,9 @@ class DETR3DHead(nn.Module):
         self.register_buffer('code_weights', torch.tensor(code_weights, dtype=torch.float32), persistent=False)
         self.decoder = DETR3DDecoder(num_layers=num_layers, embed_dims=embed_dims, num_heads=num_heads,
                                      ffn_dims=ffn_dims, dropout=dropout, num_cams=num_cams,
-                                     num_levels=num_levels, pc_range=pc_range)
+                                     num_levels=num_levels, num_frames=num_frames,
+                                     velocity_matching=velocity_matching, pc_range=pc_range)
+        self.num_frames = num_frames
         cls, reg = _cls_branch(embed_dims, num_classes), _reg_branch(embed_dims)
         self.cls_branches = nn.ModuleList(copy.deepcopy(cls) for _ in range(num_layers))
         self.reg_branches = nn.ModuleList(copy.deepcopy(reg) for _ in range(num_layers))
@@ -237,10 +299,13 @@ class DETR3DHead(nn.Module):
             nn.init.constant_(branch[-1].bias, PRIOR_BIAS)
 
     def forward(self, query: Tensor, query_pos: Tensor, ref_points: Tensor, feats: Sequence[Tensor],
-                lidar2img: Tensor, img_shape: Sequence[int], attn_mask: Tensor | None = None) -> dict:
+                lidar2img: Tensor, img_shape: Sequence[int], attn_mask: Tensor | None = None,
+                frame_dt: Tensor | None = None) -> dict:
         """query, query_pos (B, Q, C); ref_points (B, Q, 3) metres (LiDAR frame), inside ``pc_range``
         (a point outside is clamped onto its faces, where inverse_sigmoid saturates: no gradient); feats
-        [L x (B, N, C, H_l, W_l)]; lidar2img (B, N, 4, 4); img_shape (H, W) of the padded input;
+        [L x (B, F * N, C, H_l, W_l)]; lidar2img (B, F * N, 4, 4) (views frame-major, all from the
+        current LiDAR frame); img_shape (H, W) of the padded input; frame_dt (B, F) seconds back to
+        each frame, needed with ``num_frames`` > 1 (:class:`DETR3DDecoder`);
         attn_mask: optional self-attention mask of every layer, bool, broadcastable to (B, heads, Q, Q),
         True = may attend (e.g. :meth:`sf3d.models.layers.denoising.DNLayout.attn_mask` with the
         denoising queries first); None attends everywhere.
@@ -254,8 +319,14 @@ class DETR3DHead(nn.Module):
         # The references must lie inside pc_range (normalised in (0, 1)) to stay where the caller put
         # them: MultiViewDetector keeps each token's reference on its ray inside the range, learned
         # ones are sigmoids. The clamp only catches what cannot be (a ray that never crosses the range).
+        if (frame_dt is None) != (self.num_frames == 1) or (frame_dt is not None and frame_dt.shape != (
+                query.shape[0], self.num_frames)):
+            raise ValueError(f'DETR3DHead: built for {self.num_frames} frame(s): frame_dt must be '
+                             + ('None' if self.num_frames == 1 else f'(B, {self.num_frames}) seconds')
+                             + f', got {None if frame_dt is None else tuple(frame_dt.shape)}')
         ref_norm = normalize_points(ref_points.float(), self.pc_range).clamp(0, 1)  # (B, Q, 3)
-        dec = self.decoder(query, query_pos, ref_norm, feats, lidar2img, img_shape, self.reg_branches, attn_mask)
+        dec = self.decoder(query, query_pos, ref_norm, feats, lidar2img, img_shape, self.reg_branches, attn_mask,
+                           frame_dt)
         all_cls, all_box = [], []
         for lid, (h, ref, reg) in enumerate(zip(dec['hidden_states'], dec['references'], dec['reg_outputs'])):
             all_cls.append(self.cls_branches[lid](h))  # (B, Q, K)
