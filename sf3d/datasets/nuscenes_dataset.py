@@ -1,4 +1,5 @@
-"""``NuScenesMultiViewDataset``: the six camera views of every nuScenes key frame + 3D GT.
+"""``NuScenesMultiViewDataset``: the six camera views of every nuScenes key frame (optionally
+also those of the previous key frame) + 3D GT.
 
 Reads an info file in the mmdet3d 1.x 'v2' format (``sf3d.datasets.nuscenes_info``; files from
 mmdet3d's own ``create_data`` load unchanged) and returns, per sample (``get_data_info``)::
@@ -9,6 +10,20 @@ mmdet3d's own ``create_data`` load unchanged) and returns, per sample (``get_dat
     lidar_path  (only with modality use_lidar=True)
     gt_bboxes_3d  LiDARBoxes (N, 9) [x, y, z_bottom, l, w, h, yaw, vx, vy] float64 (not in test_mode)
     gt_labels_3d  (N,) int64 indices into ``class_names``;  gt_names_3d (N,) class names
+
+Two-frame input (``num_frames=2``; needs info files with ``prev``, written by sf3d's
+``create_data`` since two-frame support): ``images`` holds 12 views, the 6 current ones, then the
+previous key frame's 6 (0.5 s earlier in nuScenes) keyed ``f'{CAM}{PREV_SUFFIX}'`` ('CAM_FRONT@prev'),
+in the same camera order: view ``f * 6 + i`` is camera ``i`` of frame ``f`` (0 current, 1 previous).
+The previous views carry the same keys, with ``lidar2cam`` = previous lidar2cam @ ego_motion, i.e.
+from the CURRENT LiDAR frame (so every transform treats the 12 views alike), and the sample adds::
+
+    num_frames  2
+    time_delta  float, s: timestamp - previous timestamp (0.0 without a previous frame)
+    prev_valid  bool: False for the first sample of a scene, whose previous views are then copies of
+                its current views (paths, cameras, tokens; PETRv2's fallback)
+
+With ``num_frames=1`` (default) none of these keys exist and ``images`` holds the 6 current views.
 
 All matrices are float64 numpy arrays. ``LoadMultiViewImages`` then moves the camera matrices
 into one ``MultiViewCameras``.
@@ -29,9 +44,16 @@ from mmengine.dataset import BaseDataset
 from sf3d.registry import DATASETS, TRANSFORMS
 from sf3d.structures import MultiViewCameras, from_info_bbox3d
 
-from .nuscenes_info import CAMERAS, CLASSES, load_nuscenes_infos
+from .nuscenes_info import CAMERAS, CLASSES, CREATE_COMMAND, load_nuscenes_infos
 
 DEFAULT_PREFIX = {**{cam: f'samples/{cam}' for cam in CAMERAS}, 'pts': 'samples/LIDAR_TOP'}
+PREV_SUFFIX = '@prev'  # key suffix of a previous-frame view in ``images``: 'CAM_FRONT@prev'
+NUM_FRAMES = (1, 2)
+
+
+def prev_view_name(cam: str) -> str:
+    """The ``images`` key of camera ``cam`` in the previous frame: ``'CAM_FRONT' -> 'CAM_FRONT@prev'``."""
+    return f'{cam}{PREV_SUFFIX}'
 
 
 def _intrinsics(matrix, where: str) -> np.ndarray:
@@ -63,6 +85,8 @@ class NuScenesMultiViewDataset(BaseDataset):
         point_cloud_range: optional ``[x_min, y_min, z_min, x_max, y_max, z_max]`` GT filter at load.
         load_interval: keep every k-th sample of the file.
         max_samples: keep at most this many samples (after ``load_interval``).
+        num_frames: 1 (the current key frame) or 2 (also the previous key frame: 12 views,
+            ``time_delta``, ``prev_valid``; module docstring). 2 needs info files with ``prev``.
         **kwargs: passed to mmengine's ``BaseDataset`` (``indices``, ``serialize_data``, ``lazy_init``...).
     """
 
@@ -72,7 +96,11 @@ class NuScenesMultiViewDataset(BaseDataset):
                  modality: Optional[Dict] = None, data_prefix: Optional[Dict] = None,
                  pipeline: Sequence = (), test_mode: bool = False, use_valid_flag: bool = False,
                  point_cloud_range: Optional[Sequence[float]] = None, load_interval: int = 1,
-                 max_samples: Optional[int] = None, **kwargs):
+                 max_samples: Optional[int] = None, num_frames: int = 1, **kwargs):
+        if isinstance(num_frames, bool) or num_frames not in NUM_FRAMES:
+            raise ValueError(f'num_frames must be 1 (current key frame) or 2 (also the previous key frame), '
+                             f'got {num_frames!r}')
+        self.num_frames = int(num_frames)
         self.modality = {**dict(use_camera=True, use_lidar=False), **(modality or {})}
         if not self.modality['use_camera']:
             raise ValueError(f'NuScenesMultiViewDataset is a camera dataset: modality must have use_camera=True, '
@@ -110,6 +138,14 @@ class NuScenesMultiViewDataset(BaseDataset):
         raw = data['data_list'][::self.load_interval]
         if self.max_samples is not None:
             raw = raw[:self.max_samples]
+        if self.num_frames > 1:
+            missing = next((i for i, info in enumerate(raw) if 'prev' not in info), None)
+            if missing is not None:
+                raise ValueError(
+                    f'{self.ann_file}: sample {raw[missing]["token"]} has no "prev" key: the info file was written '
+                    'before sf3d stored the previous key frame (or by mmdet3d), so num_frames=2 cannot find the '
+                    f'previous frame. Regenerate it with\n    {CREATE_COMMAND}\n(your --root-path / --version), '
+                    'or use num_frames=1')
         return [self.parse_data_info(info) for info in raw]
 
     def _path(self, stored: str, prefix_key: str) -> str:
@@ -122,23 +158,44 @@ class NuScenesMultiViewDataset(BaseDataset):
     def parse_data_info(self, info: dict) -> dict:
         """One info-file sample -> the stored (numpy, pickle-friendly) sample; GT selected here."""
         where = f'{self.ann_file} sample {info["token"]}'
-        images = {}
-        for cam in CAMERAS:
-            img = info['images'][cam]
-            images[cam] = dict(img_path=self._path(img['img_path'], cam),
-                               cam2img=_intrinsics(img['cam2img'], f'{where} {cam}'),
-                               lidar2cam=np.asarray(img['lidar2cam'], dtype=np.float64),
-                               sample_data_token=img.get('sample_data_token'), timestamp=img.get('timestamp'))
+        images = self._views(info['images'], where)
+        frames = {}
+        if self.num_frames == 2:
+            prev = info['prev']
+            if prev is None:  # first sample of a scene: the current views stand in (PETRv2)
+                images.update({prev_view_name(cam): {k: np.copy(v) if isinstance(v, np.ndarray) else v
+                                                     for k, v in view.items()} for cam, view in list(images.items())})
+                frames = dict(num_frames=2, time_delta=0.0, prev_valid=False)
+            else:
+                ego_motion = np.asarray(prev['ego_motion'], dtype=np.float64)  # current LiDAR -> previous LiDAR
+                for cam, view in self._views(prev['images'], f'{where} prev', ego_motion).items():
+                    images[prev_view_name(cam)] = view
+                frames = dict(num_frames=2, time_delta=float(info['timestamp']) - float(prev['timestamp']),
+                              prev_valid=True)
         out = dict(sample_idx=info.get('sample_idx'), token=info['token'], timestamp=info.get('timestamp'),
                    ego2global=np.asarray(info['ego2global'], dtype=np.float64),
                    lidar2ego=np.asarray(info['lidar_points']['lidar2ego'], dtype=np.float64), images=images)
         if 'scene_token' in info:
             out['scene_token'] = info['scene_token']
+        out.update(frames)
         if self.modality['use_lidar']:
             out['lidar_path'] = self._path(info['lidar_points']['lidar_path'], 'pts')
         if not self.test_mode:
             out.update(self._parse_instances(info.get('instances', []), where))
         return out
+
+    def _views(self, stored: Dict[str, dict], where: str, right: Optional[np.ndarray] = None) -> Dict[str, dict]:
+        """The 6 cameras of an info ``images`` dict (CAMERAS order), paths resolved per camera;
+        ``lidar2cam @ right`` when ``right`` (4, 4) is given."""
+        views = {}
+        for cam in CAMERAS:
+            img = stored[cam]
+            lidar2cam = np.asarray(img['lidar2cam'], dtype=np.float64)
+            views[cam] = dict(img_path=self._path(img['img_path'], cam),
+                              cam2img=_intrinsics(img['cam2img'], f'{where} {cam}'),
+                              lidar2cam=lidar2cam if right is None else lidar2cam @ right,
+                              sample_data_token=img.get('sample_data_token'), timestamp=img.get('timestamp'))
+        return views
 
     def _parse_instances(self, instances: List[dict], where: str) -> dict:
         n = len(instances)
@@ -162,7 +219,7 @@ class NuScenesMultiViewDataset(BaseDataset):
 
     # ------------------------------------------------------------------ access
     def get_data_info(self, idx: int) -> dict:
-        """The sample dict of the module docstring (a fresh copy)."""
+        """The sample dict of the module docstring (a fresh copy): 6 views, or 12 with ``num_frames=2``."""
         info = super().get_data_info(idx)
         cams = MultiViewCameras(np.stack([c['cam2img'] for c in info['images'].values()]),
                                 np.stack([c['lidar2cam'] for c in info['images'].values()]))
@@ -175,4 +232,5 @@ class NuScenesMultiViewDataset(BaseDataset):
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(ann_file={getattr(self, "ann_file", None)}, '
                 f'{len(self) if getattr(self, "_fully_initialized", False) else "?"} '
-                f'samples, classes={getattr(self, "class_names", None)}, test_mode={getattr(self, "test_mode", None)})')
+                f'samples, classes={getattr(self, "class_names", None)}, test_mode={getattr(self, "test_mode", None)}, '
+                f'num_frames={getattr(self, "num_frames", None)})')

@@ -13,6 +13,11 @@ One file per split: ``{'metainfo': {'categories': {class: index}, 'dataset': 'nu
                           'cam2ego': 4x4, 'lidar2cam': 4x4}}   for the 6 CAMERAS
     instances      [{'bbox_3d': [x, y, z_gravity, l, w, h, yaw], 'bbox_label_3d', 'bbox_label',
                      'velocity': [vx, vy], 'num_lidar_pts', 'num_radar_pts', 'bbox_3d_isvalid'}]
+    prev           (extra, sf3d) the previous key frame of the scene (0.5 s earlier in nuScenes), None
+                   for the first sample of a scene: {'token', 'timestamp' (s), 'ego_motion': 4x4
+                   current LiDAR frame -> previous LiDAR frame, 'images': the previous sample's own
+                   'images' dict (the same object: pickle stores it once; its lidar2cam start from
+                   the PREVIOUS LiDAR frame, so current LiDAR -> previous camera = lidar2cam @ ego_motion)}
 
 Geometry: boxes and velocities in the LiDAR frame (l along the heading, yaw from +x towards +y,
 z of the box centre, as mmdet3d's files); velocity NaN where the devkit cannot estimate it.
@@ -20,12 +25,15 @@ z of the box centre, as mmdet3d's files); velocity NaN where the devkit cannot e
 fire at other moments than the LiDAR. ``instances`` follow ``sample['anns']`` order; labels are
 ``CLASSES`` indices, -1 for categories outside the detection classes. Paths are basenames below
 ``samples/<channel>`` (a path relative to the dataroot where a file lives elsewhere). Matrices
-are float64 lists. A test split has ``instances == []``.
+are float64 lists. A test split has ``instances == []``. ``ego_motion`` is
+``inv(ego2global_prev @ lidar2ego_prev) @ ego2global @ lidar2ego`` (both at the LiDAR timestamps).
 
 Reading: :func:`load_nuscenes_infos` is THE reader; it accepts these files and the ones
 mmdet3d's own ``create_data`` writes (float32 lists, extra keys such as ``lidar_sweeps`` or
 ``cam_instances``), and refuses legacy files, whose boxes use another size/yaw convention,
-saying how to convert them (:func:`update_legacy_infos`).
+saying how to convert them (:func:`update_legacy_infos`). ``prev`` is optional when reading (files
+of mmdet3d, of sf3d before the key existed, and converted legacy files have none); the dataset
+needs it only for two-frame input (``NuScenesMultiViewDataset(num_frames=2)``).
 """
 from __future__ import annotations
 
@@ -208,6 +216,22 @@ def _sample_info(nusc, sample: dict, index: int, scene_name: str, annotated: boo
     }
 
 
+def _prev_info(info: dict, prev: Optional[dict], sample: dict, scene_name: str) -> Optional[dict]:
+    """The ``prev`` entry of ``info`` (module docstring) from the scene's previous info, or None for
+    the first sample of a scene. ``prev`` must be the info of ``sample['prev']``."""
+    if not sample['prev']:
+        return None
+    if prev is None or prev['token'] != sample['prev']:
+        raise ValueError(f'sample {sample["token"]} in {scene_name} has prev {sample["prev"]}, but the sample '
+                         'written before it in the scene is '
+                         + (prev['token'] if prev is not None else 'none') + '; the sample table is inconsistent')
+    lidar2global = np.asarray(info['ego2global']) @ np.asarray(info['lidar_points']['lidar2ego'])
+    prev2global = np.asarray(prev['ego2global']) @ np.asarray(prev['lidar_points']['lidar2ego'])
+    return {'token': prev['token'], 'timestamp': prev['timestamp'],
+            'ego_motion': _matrix(np.linalg.inv(prev2global) @ lidar2global),
+            'images': prev['images']}  # the same object: stored once by pickle
+
+
 def _metainfo(version: str) -> dict:
     return {'categories': {name: i for i, name in enumerate(CLASSES)}, 'dataset': 'nuscenes',
             'version': version, 'info_version': INFO_VERSION}
@@ -229,7 +253,8 @@ def create_nuscenes_infos(root_path: str, version: str, out_dir: str, *, extra_t
     Splits come from ``nuscenes.utils.splits.create_splits_scenes()``: v1.0-trainval -> train/val,
     v1.0-mini -> mini_train/mini_val (files still named ``_train``/``_val``), v1.0-test -> test
     (no annotations: ``instances == []``). Samples follow the split's scene order and, within a
-    scene, time; nothing is written unless every split succeeds. Returns the written paths.
+    scene, time (``sample['next']``), each linked to the scene's previous one by ``prev``
+    (module docstring); nothing is written unless every split succeeds. Returns the written paths.
     Raises FileNotFoundError for a missing root, version folder or data file, ValueError for
     tables that do not match ``version``.
     """
@@ -248,10 +273,13 @@ def create_nuscenes_infos(root_path: str, version: str, out_dir: str, *, extra_t
         for split, names in split_scenes.items():
             data_list = []
             for name in names:
-                token = scene_by_name[name]['first_sample_token']
+                token, prev = scene_by_name[name]['first_sample_token'], None
                 while token:
                     sample = nusc.get('sample', token)
-                    data_list.append(_sample_info(nusc, sample, len(data_list), name, annotated))
+                    info = _sample_info(nusc, sample, len(data_list), name, annotated)
+                    info['prev'] = _prev_info(info, prev, sample, name)
+                    data_list.append(info)
+                    prev = info
                     token = sample['next']
                     bar.update(1)
             results[split] = validate_infos({'metainfo': _metainfo(version), 'data_list': data_list},
@@ -281,6 +309,12 @@ def _shape(x):
         widths = {len(r) for r in x}
         return (len(x), widths.pop()) if len(widths) == 1 else None
     return None
+
+
+def _is_real(x) -> bool:
+    """A finite real number (numpy scalars included, bools excluded)."""
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_)) \
+        and math.isfinite(x)
 
 
 def _legacy_message(path: str) -> str:
@@ -348,20 +382,35 @@ def _validate_sample(info, i: int, source: str) -> None:
     if not isinstance(lidar, dict) or 'lidar2ego' not in lidar:
         fail("'lidar_points.lidar2ego'", 'is missing')
     matrix(lidar['lidar2ego'], "'lidar_points.lidar2ego'", [(4, 4)])
-    images = info['images']
-    if not isinstance(images, dict):
-        fail("'images'", f'must be a dict of the 6 cameras, got {type(images).__name__}')
-    for cam in CAMERAS:
-        if cam not in images:
-            fail(f"'images.{cam}'", f'is missing (expected the cameras {", ".join(CAMERAS)}; got {sorted(images)})')
-        img = images[cam]
-        for key in ('img_path', 'cam2img', 'lidar2cam'):
-            if not isinstance(img, dict) or key not in img:
-                fail(f"'images.{cam}.{key}'", 'is missing')
-        if not isinstance(img['img_path'], str) or not img['img_path']:
-            fail(f"'images.{cam}.img_path'", f'must be a non-empty string, got {img["img_path"]!r}')
-        matrix(img['cam2img'], f"'images.{cam}.cam2img'", [(3, 3), (3, 4), (4, 4)])
-        matrix(img['lidar2cam'], f"'images.{cam}.lidar2cam'", [(4, 4)])
+    def cameras(images, where: str) -> None:
+        if not isinstance(images, dict):
+            fail(f"'{where}'", f'must be a dict of the 6 cameras, got {type(images).__name__}')
+        for cam in CAMERAS:
+            if cam not in images:
+                fail(f"'{where}.{cam}'",
+                     f'is missing (expected the cameras {", ".join(CAMERAS)}; got {sorted(images)})')
+            img = images[cam]
+            for key in ('img_path', 'cam2img', 'lidar2cam'):
+                if not isinstance(img, dict) or key not in img:
+                    fail(f"'{where}.{cam}.{key}'", 'is missing')
+            if not isinstance(img['img_path'], str) or not img['img_path']:
+                fail(f"'{where}.{cam}.img_path'", f'must be a non-empty string, got {img["img_path"]!r}')
+            matrix(img['cam2img'], f"'{where}.{cam}.cam2img'", [(3, 3), (3, 4), (4, 4)])
+            matrix(img['lidar2cam'], f"'{where}.{cam}.lidar2cam'", [(4, 4)])
+
+    cameras(info['images'], 'images')
+    prev = info.get('prev')
+    if prev is not None:  # optional (module docstring); None for the first sample of a scene
+        if not isinstance(prev, dict):
+            fail("'prev'", f'must be None or a dict with token, timestamp, ego_motion and images, '
+                           f'got {type(prev).__name__}')
+        for key in ('token', 'timestamp', 'ego_motion', 'images'):
+            if key not in prev:
+                fail(f"'prev.{key}'", f'is missing (prev keys: {sorted(prev)})')
+        if not _is_real(prev['timestamp']):
+            fail("'prev.timestamp'", f'must be a finite number (seconds), got {prev["timestamp"]!r}')
+        matrix(prev['ego_motion'], "'prev.ego_motion'", [(4, 4)])
+        cameras(prev['images'], 'prev.images')
     instances = info.get('instances', [])
     if not isinstance(instances, list):
         fail("'instances'", f'must be a list, got {type(instances).__name__}')

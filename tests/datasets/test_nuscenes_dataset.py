@@ -1,6 +1,7 @@
 """NuScenesMultiViewDataset on the synthetic set: sample dicts against the info file (numpy),
 GT selection rules against hand selections, a train pipeline end to end through the runner's
-dataloader builder."""
+dataloader builder; two-frame input (num_frames=2) against the previous samples and the devkit's
+pose chain."""
 import copy
 import pickle
 from pathlib import Path
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 from mmengine.runner import Runner
+from nuscenes import NuScenes
+from pyquaternion import Quaternion
 
-from sf3d.datasets.nuscenes_dataset import NuScenesMultiViewDataset
+from sf3d.datasets.nuscenes_dataset import PREV_SUFFIX, NuScenesMultiViewDataset, prev_view_name
 from sf3d.datasets.nuscenes_info import CAMERAS, CLASSES, load_nuscenes_infos
 from sf3d.registry import DATASETS
 
@@ -195,3 +198,146 @@ def test_train_pipeline_end_to_end(root):
             front = old[:, 2] > 1
             expect = (m[:2, :2] @ (old[front, :2] / old[front, 2:]).T).T + m[:2, 2]
             np.testing.assert_allclose(new[front, :2] / new[front, 2:], expect, rtol=2e-5, atol=1e-3)  # float32
+
+
+# ------------------------------------------------------------------------------------------------ two frames
+def _rigid(rotation, translation):
+    """4x4 from a pyquaternion rotation and a translation (independent of sf3d.structures)."""
+    m = np.eye(4)
+    m[:3, :3], m[:3, 3] = Quaternion(rotation).rotation_matrix, translation
+    return m
+
+
+def test_two_frames_previous_views_are_the_previous_sample(root, raw):
+    """num_frames=2: the 6 current views exactly as num_frames=1, then the previous sample's 6 views
+    ('@prev', same camera order); the first sample of a scene repeats its current views."""
+    one = NuScenesMultiViewDataset('nuscenes_infos_train.pkl', data_root=str(root))
+    two = NuScenesMultiViewDataset('nuscenes_infos_train.pkl', data_root=str(root), num_frames=2)
+    assert PREV_SUFFIX == '@prev' and prev_view_name('CAM_FRONT') == 'CAM_FRONT@prev'
+    valid = fallback = 0
+    for idx in range(len(two)):
+        info, cur, src = two.get_data_info(idx), one.get_data_info(idx), raw['data_list'][idx]
+        assert not {'time_delta', 'prev_valid', 'num_frames'} & set(cur)
+        assert list(info['images']) == list(CAMERAS) + [f'{cam}@prev' for cam in CAMERAS]
+        assert info['num_frames'] == 2
+        for cam in CAMERAS:  # the current views are unchanged
+            for key in ('img_path', 'cam2img', 'lidar2cam', 'lidar2img', 'sample_data_token', 'timestamp'):
+                np.testing.assert_array_equal(info['images'][cam][key], cur['images'][cam][key])
+        first = idx == 0 or raw['data_list'][idx - 1]['scene_token'] != src['scene_token']
+        before = cur if first else one.get_data_info(idx - 1)  # the previous key frame of the scene
+        for cam in CAMERAS:
+            p = info['images'][f'{cam}@prev']
+            assert p['img_path'] == before['images'][cam]['img_path'] and Path(p['img_path']).is_file()
+            assert p['sample_data_token'] == before['images'][cam]['sample_data_token']
+            assert p['timestamp'] == before['images'][cam]['timestamp']
+            np.testing.assert_array_equal(p['cam2img'], before['images'][cam]['cam2img'])
+            k4 = np.eye(4)
+            k4[:3, :3] = p['cam2img']
+            np.testing.assert_allclose(p['lidar2img'], k4 @ p['lidar2cam'], rtol=1e-12, atol=1e-9)
+        if first:
+            assert info['prev_valid'] is False and info['time_delta'] == 0.0
+            for cam in CAMERAS:
+                np.testing.assert_array_equal(info['images'][f'{cam}@prev']['lidar2cam'],
+                                              cur['images'][cam]['lidar2cam'])
+            fallback += 1
+        else:
+            assert info['prev_valid'] is True and isinstance(info['time_delta'], float)
+            assert info['time_delta'] == src['timestamp'] - raw['data_list'][idx - 1]['timestamp']
+            assert abs(info['time_delta'] - 0.5) < 1e-3
+            valid += 1
+    assert valid == fallback == 8
+
+
+def test_two_frames_previous_cameras_against_the_devkit(root, raw):
+    """Points in the CURRENT LiDAR frame through the dataset's previous-view lidar2img land where the
+    devkit chain puts them: current LiDAR -> ego (LiDAR time) -> global -> ego pose of the previous
+    camera reading -> camera -> intrinsics. The previous sample's own lidar2cam (its LiDAR frame)
+    would miss by pixels: the ego moves between the key frames."""
+    nusc = NuScenes('v1.0-mini', str(root), verbose=False)
+    two = NuScenesMultiViewDataset('nuscenes_infos_train.pkl', data_root=str(root), num_frames=2)
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.uniform([-50, -50, -2], [50, 50, 3], (400, 3)), np.ones((400, 1))], 1)
+    checked, misses = 0, []
+    for idx in range(len(two)):
+        info = two.get_data_info(idx)
+        if not info['prev_valid']:
+            continue
+        sample = nusc.get('sample', info['token'])
+        prev_sample = nusc.get('sample', sample['prev'])
+        lidar_sd = nusc.get('sample_data', sample['data']['LIDAR_TOP'])
+        l_calib = nusc.get('calibrated_sensor', lidar_sd['calibrated_sensor_token'])
+        l_pose = nusc.get('ego_pose', lidar_sd['ego_pose_token'])
+        lidar2global = _rigid(l_pose['rotation'], l_pose['translation']) @ \
+            _rigid(l_calib['rotation'], l_calib['translation'])
+        for cam in CAMERAS:
+            sd = nusc.get('sample_data', prev_sample['data'][cam])
+            calib = nusc.get('calibrated_sensor', sd['calibrated_sensor_token'])
+            pose = nusc.get('ego_pose', sd['ego_pose_token'])
+            global2cam = np.linalg.inv(_rigid(pose['rotation'], pose['translation'])
+                                       @ _rigid(calib['rotation'], calib['translation']))
+            p_cam = (global2cam @ lidar2global @ points.T)[:3]
+            front = p_cam[2] > 1.0
+            expected = np.asarray(calib['camera_intrinsic']) @ p_cam[:, front]
+            expected = expected[:2] / expected[2]
+            view = info['images'][f'{cam}@prev']
+            uvw = (view['lidar2img'] @ points[front].T)[:3]
+            np.testing.assert_allclose(uvw[:2] / uvw[2], expected, rtol=1e-6, atol=1e-6)
+            # the previous sample's stored lidar2cam starts from the previous LiDAR frame
+            stale = np.asarray(calib['camera_intrinsic']) @ \
+                (np.asarray(raw['data_list'][idx]['prev']['images'][cam]['lidar2cam']) @ points[front].T)[:3]
+            misses.append(np.abs(stale[:2] / stale[2] - expected).max())
+            checked += front.sum()
+    assert checked > 1000 and max(misses) > 5.0
+
+
+def test_two_frames_errors(root, raw, tmp_path):
+    data = copy.deepcopy(raw)
+    for info in data['data_list']:
+        info.pop('prev')
+    old = write_infos(data, tmp_path / 'no_prev.pkl')
+    assert len(NuScenesMultiViewDataset(old, data_root=str(root))) == 16  # one frame: loads as before
+    with pytest.raises(ValueError, match='no "prev" key') as err:
+        NuScenesMultiViewDataset(old, data_root=str(root), num_frames=2)
+    assert old in str(err.value) and 'python tools/create_data.py nuscenes --root-path' in str(err.value)
+    assert '--version' in str(err.value)
+    for bad in (0, 3, True, 2.5, '2'):
+        with pytest.raises(ValueError, match='num_frames must be 1 .* or 2'):
+            NuScenesMultiViewDataset('nuscenes_infos_train.pkl', data_root=str(root), num_frames=bad)
+
+
+def test_two_frame_pipeline_end_to_end(root):
+    """Load, resize/crop (test mode: the same for every view), pack, collate: (B, 12, 3, H, W) with
+    12 cameras; sample 1's previous views are sample 0's current views, pixel for pixel."""
+    loader = Runner.build_dataloader(dict(
+        batch_size=2, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
+        collate_fn=dict(type='sf3d.multiview_collate'),
+        dataset=dict(type='sf3d.NuScenesMultiViewDataset', ann_file='nuscenes_infos_train.pkl', data_root=str(root),
+                     num_frames=2, max_samples=2, pipeline=[
+                         dict(type='LoadMultiViewImages'),
+                         dict(type='ResizeCropFlipMultiView', final_size=(64, 160), bot_pct_lim=(0.0, 0.1)),
+                         dict(type='Pack3DDetInputs', keys=['img', 'gt_bboxes_3d', 'gt_labels_3d'])])))
+    (batch,) = list(loader)
+    img, samples = batch['inputs']['img'], batch['data_samples']
+    assert img.shape == (2, 12, 3, 64, 160) and img.dtype == torch.uint8
+    cams = samples['cameras']
+    assert cams.cam2img.shape == (2, 12, 3, 3) and cams.lidar2cam.shape == (2, 12, 4, 4)
+    assert samples['num_frames'] == [2, 2] and samples['prev_valid'] == [False, True]
+    ds = NuScenesMultiViewDataset('nuscenes_infos_train.pkl', data_root=str(root), num_frames=2, max_samples=2)
+    assert samples['time_delta'] == [0.0, ds.get_data_info(1)['time_delta']] and samples['time_delta'][1] > 0.4
+    assert samples['cam_names'][1] == list(CAMERAS) + [f'{c}@prev' for c in CAMERAS]
+    assert len(samples['img_path'][1]) == 12 and samples['img_path'][1][6:] == samples['img_path'][0][:6]
+    assert torch.equal(img[0, 6:], img[0, :6])  # fallback: the current views again
+    assert torch.equal(img[1, 6:], img[0, :6])  # sample 1's previous frame is sample 0
+    assert not torch.equal(img[1, 6:], img[1, :6])
+    torch.testing.assert_close(cams.cam2img[1, 6:], cams.cam2img[0, :6])
+    # each packed previous view projects a current-LiDAR point as the dataset's lidar2img + the resize
+    info = ds.get_data_info(1)
+    point = np.array([12.0, 3.0, 0.5, 1.0])
+    for n, view in enumerate(info['images'].values()):
+        p = samples['img_aug_params'][1][n]
+        uvw = view['lidar2img'] @ point
+        if uvw[2] < 1:
+            continue
+        uv = np.array(p['scale']) * uvw[:2] / uvw[2] - np.array(p['crop'])
+        packed = cams.lidar2img[1, n].double().numpy() @ point
+        np.testing.assert_allclose(packed[:2] / packed[2], uv, rtol=1e-4, atol=1e-3)  # float32 cameras

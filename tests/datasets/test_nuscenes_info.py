@@ -155,6 +155,65 @@ def test_lidar2cam_goes_through_both_ego_poses(data, infos):
     assert max(single_pose) > 2.0
 
 
+def _rigid(rotation, translation):
+    """4x4 from a pyquaternion rotation and a translation (independent of sf3d.structures)."""
+    m = np.eye(4)
+    m[:3, :3], m[:3, 3] = Quaternion(rotation).rotation_matrix, translation
+    return m
+
+
+def _rigid_inv(m):
+    out = np.eye(4)
+    out[:3, :3], out[:3, 3] = m[:3, :3].T, -m[:3, :3].T @ m[:3, 3]
+    return out
+
+
+def _lidar2global(nusc, sample):
+    calib, pose = _lidar_poses(nusc, sample)
+    return _rigid(pose['rotation'], pose['translation']) @ _rigid(calib['rotation'], calib['translation'])
+
+
+def test_prev_links_the_previous_key_frame_with_the_devkit_ego_motion(data, infos):
+    """prev: None for a scene's first sample; else the devkit's sample['prev'] (token, timestamp),
+    the previous entry's own images dict, and ego_motion = inv(lidar2global_prev) @ lidar2global
+    composed here from the two LIDAR_TOP records with pyquaternion."""
+    nusc = data['nusc']
+    firsts, moves = 0, []
+    for split in ('train', 'val'):
+        data_list = infos[split]['data_list']
+        for k, info in enumerate(data_list):
+            sample = nusc.get('sample', info['token'])
+            if not sample['prev']:
+                assert info['prev'] is None
+                firsts += 1
+                continue
+            prev = info['prev']
+            prev_sample = nusc.get('sample', sample['prev'])
+            assert set(prev) == {'token', 'timestamp', 'ego_motion', 'images'}
+            assert prev['token'] == prev_sample['token'] == data_list[k - 1]['token']
+            assert prev['timestamp'] == prev_sample['timestamp'] / 1e6
+            assert abs(info['timestamp'] - prev['timestamp'] - 0.5) < 1e-3  # the generator's key-frame period
+            assert prev['images'] is data_list[k - 1]['images']  # one object in the file
+            for cam in CAMERAS:
+                assert prev['images'][cam]['sample_data_token'] == prev_sample['data'][cam]
+            expected = _rigid_inv(_lidar2global(nusc, prev_sample)) @ _lidar2global(nusc, sample)
+            motion = np.array(prev['ego_motion'])
+            assert motion.dtype == np.float64
+            np.testing.assert_allclose(motion, expected, atol=1e-6)
+            moves.append(np.linalg.norm(motion[:3, 3]))
+    assert firsts == len(splits.mini_train) + len(splits.mini_val)
+    assert len(moves) == firsts * (SAMPLES - 1) and max(moves) > 2.0  # the ego moves between key frames
+
+
+def test_prev_adds_little_to_the_file(data):
+    path = osp.join(data['out'], 'nuscenes_infos_train.pkl')
+    with open(path, 'rb') as f:
+        stored = pickle.load(f)
+    for info in stored['data_list']:
+        info.pop('prev')
+    assert osp.getsize(path) < 1.1 * len(pickle.dumps(stored, protocol=pickle.HIGHEST_PROTOCOL))
+
+
 def test_velocity_is_box_velocity_rotated_into_lidar(data, infos):
     nusc = data['nusc']
     speeds = []
@@ -359,6 +418,22 @@ def test_mmdet3d_written_files_load_unchanged(tmp_path):
     assert load_nuscenes_infos(_dump(arrays, tmp_path / 'arrays.pkl'))['data_list'][1]['ego2global'].shape == (4, 4)
 
 
+def _prev(d):
+    """Give data_list[1] a valid prev (data_list[0]; its images a copy, so that a mutation stays in prev)."""
+    first, second = d['data_list'][0], d['data_list'][1]
+    second['prev'] = {'token': first['token'], 'timestamp': first['timestamp'], 'ego_motion': np.eye(4).tolist(),
+                      'images': copy.deepcopy(first['images'])}
+    return second
+
+
+def test_prev_is_optional_and_checked_when_present(tmp_path):
+    """mmdet3d's files (no prev) load; prev None and a valid prev load unchanged."""
+    entries = _mmdet3d_file([_mmdet3d_entry(0), _mmdet3d_entry(1)])
+    entries['data_list'][0]['prev'] = None
+    _prev(entries)
+    assert load_nuscenes_infos(_dump(entries, tmp_path / 'with_prev.pkl')) == entries
+
+
 @pytest.mark.parametrize('mutate, pattern', [
     (lambda d: d.pop('metainfo'), "missing top-level key 'metainfo'"),
     (lambda d: d.pop('data_list'), "missing top-level key 'data_list'"),
@@ -375,6 +450,18 @@ def test_mmdet3d_written_files_load_unchanged(tmp_path):
     (lambda d: d['data_list'][1]['instances'][1].update(bbox_3d=[0.0] * 9),
      r"data_list\[1\].*'instances\[1\].bbox_3d' must have 7 values"),
     (lambda d: d['metainfo']['categories'].update(car=1, truck=0), 'differ from sf3d\'s class order'),
+    (lambda d: _prev(d)['prev'].update(ego_motion=np.eye(3).tolist()),
+     r"data_list\[1\] \(token .*\): 'prev.ego_motion' must be a 4x4 matrix, got shape \(3, 3\)"),
+    (lambda d: _prev(d)['prev'].pop('timestamp'), r"data_list\[1\].*'prev.timestamp' is missing"),
+    (lambda d: _prev(d)['prev'].update(timestamp='soon'), r"'prev.timestamp' must be a finite number"),
+    (lambda d: _prev(d)['prev'].update(images={c: v for c, v in d['data_list'][0]['images'].items()
+                                               if c != 'CAM_BACK'}),
+     r"data_list\[1\].*'prev.images.CAM_BACK' is missing"),
+    (lambda d: _prev(d)['prev']['images']['CAM_FRONT'].update(lidar2cam=np.eye(3)),
+     r"'prev.images.CAM_FRONT.lidar2cam' must be a 4x4 matrix"),
+    (lambda d: _prev(d)['prev']['images']['CAM_FRONT'].pop('img_path'),
+     r"'prev.images.CAM_FRONT.img_path' is missing"),
+    (lambda d: d['data_list'][1].update(prev='abc'), r"data_list\[1\].*'prev' must be None or a dict"),
 ])
 def test_malformed_files_are_refused(tmp_path, mutate, pattern):
     bad = _mmdet3d_file([_mmdet3d_entry(0), _mmdet3d_entry(1)])

@@ -14,6 +14,9 @@ and nothing else changes.
   writes for `--rig height=H,pitch=P`.
 * CameraDropout: exactly k black views for crash, the named ones for named, the others and the
   cameras unchanged; frame_lost frequency ~ severity / 6.
+* Two frames (num_frames=2, 12 frame-major views): ExtrinsicNoise gives camera i and view i + 6 the
+  same error (and the one-frame draws for the first six); crash / named drop a camera in both frames;
+  frame_lost draws each view.
 * Bad arguments and misplaced transforms raise clear errors.
 """
 import copy
@@ -26,7 +29,7 @@ from scipy.spatial.transform import Rotation
 
 from sf3d.datasets.synthetic_nuscenes import LIDAR, RigSpec, build_calibration
 from sf3d.datasets.transforms.perturb import (CameraDropout, CameraHeightPitchOffset, ExtrinsicNoise, FocalScale,
-                                              PrincipalPointShift, warp_image, zoom_affine)
+                                              PrincipalPointShift, axis_rotation, warp_image, zoom_affine)
 from sf3d.registry import TRANSFORMS
 from sf3d.structures import MultiViewCameras, pose_matrix
 
@@ -354,6 +357,89 @@ def test_frame_lost_frequency_is_severity_over_six(severity):
     p = severity / 6
     assert abs(lost / (6 * n) - p) < 4 * np.sqrt(p * (1 - p) / (6 * n))
     assert drop(dict(_results(sample_idx=7)))['perturbations'][0] == drop(_results(sample_idx=7))['perturbations'][0]
+
+
+# ---------------------------------------------------------------------------- two frames
+
+def _two_frame_results(sample_idx=0) -> dict:
+    """12 frame-major views as NuScenesMultiViewDataset(num_frames=2) gives them: the rig now, then the
+    same rig 0.5 s earlier seen from the current LiDAR frame (lidar2cam @ ego motion)."""
+    k, l2c = _rig(6)
+    motion = np.eye(4)  # current LiDAR -> previous LiDAR: 3 m behind, turned by 0.05 rad
+    motion[:3, :3] = axis_rotation('z', np.degrees(0.05))
+    motion[:3, 3] = [3.0, 0.2, 0.0]
+    cams = MultiViewCameras(np.concatenate([k, k]), np.concatenate([l2c, l2c @ motion]), (H, W))
+    return dict(img=[_block_image(i) for i in range(12)], cameras=cams, cam_names=CAMS + [f'{c}@prev' for c in CAMS],
+                sample_idx=sample_idx, token=f'tok{sample_idx}', num_frames=2)
+
+
+def _deltas(before: MultiViewCameras, after: MultiViewCameras) -> np.ndarray:
+    """(N, 4, 4) E with lidar2cam' = E @ lidar2cam, per view."""
+    return after.lidar2cam.numpy() @ np.linalg.inv(before.lidar2cam.numpy())
+
+
+def test_extrinsic_noise_two_frames_is_one_error_per_physical_camera():
+    for idx in range(3):
+        res = _two_frame_results(idx)
+        before = res['cameras']
+        out = ExtrinsicNoise(rot_deg=2.0, trans_cm=10.0, seed=4)(res)
+        e = _deltas(before, out['cameras'])
+        np.testing.assert_allclose(e[6:], e[:6], atol=1e-9)  # camera i and view i + 6: the same E
+        assert min(np.abs(e[i] - e[j]).max() for i in range(6) for j in range(i)) > 1e-3  # cameras differ
+        assert np.abs(e[:, :3, :3] - np.eye(3)).max() > 1e-3
+        rec = out['perturbations'][0]
+        assert rec['rot_deg'].shape == rec['trans_m'].shape == (12, 3) and rec['delta'].shape == (12, 4, 4)
+        np.testing.assert_allclose(rec['delta'], e, atol=1e-9)
+        # the draws of a single frame are unchanged: the first six views get the one-frame error
+        single = _results(sample_idx=idx)
+        one = ExtrinsicNoise(rot_deg=2.0, trans_cm=10.0, seed=4)(copy.deepcopy(single))
+        np.testing.assert_allclose(_deltas(single['cameras'], one['cameras']), e[:6], atol=1e-9)
+
+
+def _black(out) -> list:
+    return [c for c, img in enumerate(out['img']) if not img.any()]
+
+
+def test_camera_dropout_two_frames_drops_physical_cameras():
+    res = _two_frame_results()
+    imgs0 = copy.deepcopy(res['img'])
+    out = CameraDropout('named', cameras=['CAM_FRONT', 'CAM_BACK_LEFT@prev'])(res)
+    assert _black(out) == [0, 6, 10]  # CAM_FRONT in both frames, CAM_BACK_LEFT only where named
+    for c in set(range(12)) - {0, 6, 10}:
+        assert np.array_equal(out['img'][c], imgs0[c])
+    rec = out['perturbations'][0]
+    assert rec['dropped'] == ['CAM_FRONT', 'CAM_FRONT@prev', 'CAM_BACK_LEFT@prev'] and rec['dropped_idx'] == [0, 6, 10]
+
+    chosen = set()
+    for idx in range(8):
+        out = CameraDropout('crash', 2, seed=0)(_two_frame_results(idx))
+        black = _black(out)
+        cams = sorted({c % 6 for c in black})
+        assert len(cams) == 2 and black == cams + [c + 6 for c in cams]
+        assert out['perturbations'][0]['dropped_idx'] == black
+        assert out['perturbations'][0]['dropped'] == [(CAMS + [f'{c}@prev' for c in CAMS])[c] for c in black]
+        chosen.add(tuple(cams))
+    assert len(chosen) > 1
+    assert _black(CameraDropout('crash', 6)(_two_frame_results())) == list(range(12))
+    with pytest.raises(ValueError, match='exceeds the 6 cameras'):
+        CameraDropout('crash', 7)(_two_frame_results())
+    bad = _two_frame_results()
+    bad['num_frames'] = 5
+    with pytest.raises(ValueError, match="num_frames'] = 5 must be an integer >= 1 that divides the 12 views"):
+        CameraDropout('crash', 1)(bad)
+
+
+def test_frame_lost_two_frames_draws_every_view():
+    drop = CameraDropout('frame_lost', 3, seed=1)
+    n, lost, one_frame_only = 300, 0, 0
+    for idx in range(n):
+        black = set(_black(drop(_two_frame_results(idx))))
+        lost += len(black)
+        one_frame_only += sum((c in black) != (c + 6 in black) for c in range(6))
+    p = 0.5
+    assert abs(lost / (12 * n) - p) < 4 * np.sqrt(p * (1 - p) / (12 * n))
+    # independent views: a camera is lost in exactly one of the two frames with probability 2 p (1 - p)
+    assert abs(one_frame_only / (6 * n) - 2 * p * (1 - p)) < 4 * np.sqrt(0.25 / (6 * n))
 
 
 # ---------------------------------------------------------------------------- building, errors

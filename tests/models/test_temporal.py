@@ -57,12 +57,13 @@ def test_velocity_grid():
 
 
 def test_cross_attention_samples_the_previous_frame_at_every_hypothesis(monkeypatch):
-    """Frame 0 is sampled at the reference with its own views; frame 1 with its views at
-    ref - (v + dv_k) * dt for every hypothesis k, against numpy."""
+    """Frame 0 is sampled at the reference with its views; the previous frame's key map (one level)
+    with its views at ref - (v + dv_k) * dt for every hypothesis k, and its features at
+    ref - matched * dt, against numpy."""
     torch.manual_seed(0)
     B, Q, C, N = 2, 7, 16, 3
     attn = DETR3DCrossAttention(embed_dims=C, num_cams=N, num_levels=2, num_frames=2, dropout=0.0,
-                                velocity_matching=dict(grid=3, step=2.0))
+                                velocity_matching=dict(grid=3, step=2.0, match_dims=4, level=1))
     feats = _feats(B, 2 * N, C)
     lidar2img = torch.randn(B, 2 * N, 4, 4)
     ref_norm, velocity = torch.rand(B, Q, 3), torch.randn(B, Q, 2) * 3
@@ -77,22 +78,26 @@ def test_cross_attention_samples_the_previous_frame_at_every_hypothesis(monkeypa
     monkeypatch.setattr(detr3d_head, 'sample_features', spy)
     out, matched = attn(torch.randn(B, Q, C), torch.randn(B, Q, C), ref_norm, feats, lidar2img, (64, 96),
                         velocity, frame_dt)
-    assert out.shape == (B, Q, C) and matched.shape == (B, Q, 2) and len(calls) == 2
+    assert out.shape == (B, Q, C) and matched.shape == (B, Q, 2) and len(calls) == 3
+    (cur_f, cur_ref, cur_l2i), (key_f, key_pts, key_l2i), (prev_f, prev_ref, prev_l2i) = calls
     ref = denormalize_points(ref_norm, attn.pc_range).numpy()
-    torch.testing.assert_close(calls[0][1], torch.as_tensor(ref))
+    torch.testing.assert_close(cur_ref, torch.as_tensor(ref))
     offsets = np.array([[x, y] for x in (-2.0, 0.0, 2.0) for y in (-2.0, 0.0, 2.0)])
-    points = calls[1][1].numpy().reshape(B, Q, 9, 3)
+    points = key_pts.numpy().reshape(B, Q, 9, 3)
+    dt = frame_dt[:, 1].numpy()
     for b in range(B):
         for q in range(Q):
             hyp = velocity[b, q].numpy() + offsets  # (9, 2)
-            np.testing.assert_allclose(points[b, q], ref[b, q] - frame_dt[b, 1].item() * np.c_[hyp, np.zeros(9)],
-                                       atol=1e-5)
-    # the matched velocity is a convex combination of the hypotheses
-    assert ((matched - velocity).abs() <= 2.0 + 1e-5).all()
-    for f, (level_feats, _, l2i) in enumerate(calls):
-        torch.testing.assert_close(l2i, lidar2img[:, f * N:(f + 1) * N])
-        for got, full in zip(level_feats, feats):
+            np.testing.assert_allclose(points[b, q], ref[b, q] - dt[b] * np.c_[hyp, np.zeros(9)], atol=1e-5)
+    was = ref - dt[:, None, None] * np.concatenate([matched.detach().numpy(), np.zeros((B, Q, 1))], -1)
+    np.testing.assert_allclose(prev_ref.numpy(), was, atol=1e-5)
+    assert ((matched - velocity).abs() <= 2.0 + 1e-5).all()  # a convex combination of the hypotheses
+    torch.testing.assert_close(key_f[0], attn.velocity_matching.keys(feats[1][:, N:]))
+    for got_f, got_l2i, f in ((cur_f, cur_l2i, 0), (prev_f, prev_l2i, 1)):
+        torch.testing.assert_close(got_l2i, lidar2img[:, f * N:(f + 1) * N])
+        for got, full in zip(got_f, feats):
             torch.testing.assert_close(got, full[:, f * N:(f + 1) * N])
+    torch.testing.assert_close(key_l2i, lidar2img[:, N:])
     with pytest.raises(ValueError, match='need velocity'):
         attn(torch.randn(B, Q, C), torch.randn(B, Q, C), ref_norm, feats, lidar2img, (64, 96))
     with pytest.raises(ValueError, match='2 frame'):
@@ -100,40 +105,39 @@ def test_cross_attention_samples_the_previous_frame_at_every_hypothesis(monkeypa
              (64, 96), velocity, frame_dt)
     with pytest.raises(ValueError, match='velocity_matching only with 2'):
         DETR3DCrossAttention(embed_dims=C, num_frames=1, velocity_matching=dict(grid=3))
+    with pytest.raises(ValueError, match='level 2 is not one of the 2 FPN levels'):
+        DETR3DCrossAttention(embed_dims=C, num_levels=2, num_frames=2, velocity_matching=dict(level=2))
 
 
 def test_velocity_matching_finds_the_displaced_feature():
-    """A previous frame whose feature matches the current one only at p - v * dt: the softmax puts
-    its weight on that hypothesis when the projections are the identity and the match is sharp."""
+    """A previous frame whose key matches the current feature only at p - v * dt: the softmax puts
+    its weight on that hypothesis when the projection is the identity and the match is sharp."""
     C = 4
     match = VelocityMatching(embed_dims=C, match_dims=C, grid=5, step=2.0)
     with torch.no_grad():
-        for lin in (match.query_proj, match.key_proj):
-            lin.weight.copy_(torch.eye(C) * 10)
-            lin.bias.zero_()
+        match.query_proj.weight.copy_(torch.eye(C) * 10)
+        match.query_proj.bias.zero_()
     current = torch.tensor([[[1.0, 0.0, 0.0, 0.0]]])  # (1, 1, C)
     ref, true_v, dt = torch.tensor([[[10.0, 2.0, 0.0]]]), np.array([4.0, -2.0]), 0.5
     was = ref[0, 0, :2].numpy() - true_v * dt
 
-    def sample_fn(points):  # the previous frame holds the current feature only where the object was
+    def key_fn(points):  # the previous frame's key equals the current feature only where the object was
         hit = (points[0, :, :2] - torch.as_tensor(was, dtype=torch.float32)).norm(dim=-1) < 1e-4
-        return torch.where(hit[None, :, None], current, torch.tensor([0.0, 1.0, 0.0, 0.0]))  # (1, K, C)
+        return torch.where(hit[None, :, None], current * 10, torch.tensor([0.0, 10.0, 0.0, 0.0]))  # (1, K, C)
 
     with torch.no_grad():
-        feature, velocity = match(current, ref, torch.zeros(1, 1, 2), torch.tensor([dt]), sample_fn)
-    np.testing.assert_allclose(velocity[0, 0].numpy(), true_v, atol=1e-3)
-    torch.testing.assert_close(feature, current, atol=1e-3, rtol=0)
-    # no previous frame (dt = 0): every hypothesis samples the same point, the estimate stays
-    same = lambda points: current.expand(1, points.shape[1], C)  # noqa: E731
-    with torch.no_grad():
-        _, velocity = match(current, ref, torch.tensor([[[1.0, 3.0]]]), torch.tensor([0.0]), same)
+        velocity = match(current, ref, torch.zeros(1, 1, 2), torch.tensor([dt]), key_fn)
+        np.testing.assert_allclose(velocity[0, 0].numpy(), true_v, atol=1e-3)
+        # no previous frame (dt = 0): every hypothesis samples the same point, the estimate stays
+        same = lambda points: current.expand(1, points.shape[1], C)  # noqa: E731
+        velocity = match(current, ref, torch.tensor([[[1.0, 3.0]]]), torch.tensor([0.0]), same)
     np.testing.assert_allclose(velocity[0, 0].numpy(), [1.0, 3.0], atol=1e-5)
 
 
 def test_two_frames_at_dt_zero_reduce_to_one_frame():
     """Identical frames at dt = 0, both frames' attention weights equal and the output projection
     split in two halves: the two-frame attention equals the one-frame attention whose projection is
-    the halves' sum (every hypothesis samples the reference, so the matched feature is its sample)."""
+    the halves' sum (the previous frame is sampled at ref - matched * 0 = ref)."""
     torch.manual_seed(1)
     B, Q, C, N = 1, 5, 8, 2
     two = DETR3DCrossAttention(embed_dims=C, num_cams=N, num_levels=2, num_frames=2, dropout=0.0)

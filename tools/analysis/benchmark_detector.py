@@ -16,6 +16,9 @@ time), and feeds it one synthetic batch of ``--batch`` samples:
   cameras in the DESIGN.md order) resized by W / 1600 and, where the resized image is taller than
   H, cropped at the top (448x800: 450 -> 448 rows); where it is shorter, the batch is padded at the
   bottom, as ``PadMultiViewImage`` does (928x1600 is 1600x900 padded to a multiple of 32);
+* a two-frame config (``model.num_frames=2``) also gets the previous key frame: 6 more views of
+  random pixels whose cameras are the rig 0.5 s earlier with the ego 5 m further back (10 m/s), and
+  ``time_delta`` = 0.5 s;
 * ``--num-boxes`` (default 30) GT boxes per sample of random classes with the classes' nuScenes
   mean sizes, centres uniform in x, y in [-50, 50] m on the ground, random yaw and velocity.
 
@@ -119,18 +122,35 @@ def random_gt(num_boxes: int, generator) -> tuple:
     return LiDARBoxes(boxes), labels
 
 
-def synthetic_batch(shape: tuple[int, int], batch: int, num_boxes: int, device: str, seed: int = 0):
-    """(inputs ``dict(img=(B, 6, 3, H, W))``, data_samples ``dict(cameras, gt_bboxes_3d, gt_labels_3d,
-    token, pad_shape)``) as ``sf3d.multiview_collate`` returns them, on ``device``."""
+PREV_DT, PREV_EGO_STEP = 0.5, 5.0  # the previous key frame of a two-frame config: 0.5 s, 5 m behind
+
+
+def synthetic_batch(shape: tuple[int, int], batch: int, num_boxes: int, device: str, seed: int = 0,
+                    num_frames: int = 1):
+    """(inputs ``dict(img=(B, F * 6, 3, H, W))``, data_samples ``dict(cameras, gt_bboxes_3d, gt_labels_3d,
+    token, pad_shape)`` + ``time_delta`` with two frames) as ``sf3d.multiview_collate`` returns them,
+    on ``device``."""
     import torch
+
+    from sf3d.structures import MultiViewCameras
 
     g = torch.Generator().manual_seed(seed)
     cameras = nuscenes_cameras(shape, batch)
+    extra = {}
+    if num_frames == 2:  # previous views: a point p of the current LiDAR frame was at p + step x then
+        behind = torch.eye(4)
+        behind[0, 3] = PREV_EGO_STEP
+        prev = MultiViewCameras(cameras.cam2img, cameras.lidar2cam @ behind, cameras.image_size)
+        cameras = MultiViewCameras(*(torch.cat([a, b], 1) for a, b in zip(
+            (cameras.cam2img, cameras.lidar2cam, cameras.image_size), (prev.cam2img, prev.lidar2cam, prev.image_size))))
+        extra = dict(time_delta=[PREV_DT] * batch)
+    elif num_frames != 1:
+        raise ValueError(f'synthetic_batch: num_frames must be 1 or 2, got {num_frames}')
     gt = [random_gt(num_boxes, g) for _ in range(batch)]
-    img = torch.randn(batch, cameras.num_cams, 3, *shape, generator=g)  # (B, N, 3, H, W)
+    img = torch.randn(batch, cameras.num_cams, 3, *shape, generator=g)  # (B, F * N, 3, H, W)
     samples = dict(cameras=cameras.to(device=device), gt_bboxes_3d=[b for b, _ in gt],
                    gt_labels_3d=[lab for _, lab in gt], token=[f'bench{i}' for i in range(batch)],
-                   pad_shape=[shape] * batch)
+                   pad_shape=[shape] * batch, **extra)
     return dict(img=img.to(device)), samples
 
 
@@ -187,8 +207,8 @@ def measure(config: str, shape, *, device: str = 'cpu', amp: bool = False, batch
 
     torch.manual_seed(0)
     model = build_detector(config, cfg_options).to(device)
-    inputs, samples = synthetic_batch(shape, batch, num_boxes, device)
-    predict_samples = dict(cameras=samples['cameras'], token=samples['token'], pad_shape=samples['pad_shape'])
+    inputs, samples = synthetic_batch(shape, batch, num_boxes, device, num_frames=model.num_frames)
+    predict_samples = {k: v for k, v in samples.items() if not k.startswith('gt_')}
     autocast_device = 'cuda' if cuda else 'cpu'
 
     def sync():

@@ -4,7 +4,9 @@
 data_samples=dict(...))``; ``multiview_collate`` (registered in ``FUNCTIONS``; configs use
 ``collate_fn=dict(type='sf3d.multiview_collate')``) turns a list of those into
 ``dict(inputs=dict(img=(B, N_cam, 3, H, W)), data_samples=dict(cameras=MultiViewCameras
-(B, N_cam, ...), every other key -> list of B values))``.
+(B, N_cam, ...), every other key -> list of B values))``. Two-frame samples
+(``NuScenesMultiViewDataset(num_frames=2)``) are packed alike with N_cam = 12 views (the current 6,
+then the previous frame's 6); ``time_delta``, ``prev_valid`` and ``num_frames`` become lists of B.
 """
 from typing import Dict, List, Sequence
 
@@ -18,7 +20,7 @@ from sf3d.structures import MultiViewCameras
 DEFAULT_META_KEYS = ('token', 'sample_idx', 'timestamp', 'scene_token', 'ego2global', 'lidar2ego', 'cam_names',
                      'img_path', 'img_shape', 'ori_shape', 'pad_shape', 'img_norm_cfg', 'img_aug_params',
                      'bev_aug_matrix', 'pcd_rotation_angle', 'pcd_scale_factor', 'pcd_trans',
-                     'pcd_horizontal_flip', 'pcd_vertical_flip')
+                     'pcd_horizontal_flip', 'pcd_vertical_flip', 'time_delta', 'prev_valid', 'num_frames')
 
 
 @TRANSFORMS.register_module()

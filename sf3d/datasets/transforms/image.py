@@ -5,7 +5,9 @@ pixels (``ResizeCropFlipMultiView``) updates ``results['cameras']`` with the SAM
 affine through ``MultiViewCameras.image_transform``; the others change pixel values only.
 Pixel convention (``sf3d/structures/cameras.py``): pixel (row i, col j) has its centre at
 ``(u, v) = (j + 0.5, i + 0.5)``; a horizontal flip of width W maps ``u -> W - u``.
-Randomness comes from ``np.random`` (seeded per worker by the runner).
+Randomness comes from ``np.random`` (seeded per worker by the runner). Every view gets its own draws,
+also the previous frame's views of a two-frame sample (12 views): each view's camera follows its
+own affine, so the geometry stays exact.
 """
 import math
 from typing import Dict, List, Optional, Sequence, Tuple

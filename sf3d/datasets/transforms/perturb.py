@@ -32,6 +32,17 @@ Every transform appends what it did to ``results['perturbations']`` (a list of d
 Camera frame (``sf3d/structures/cameras.py``): x right, y down, z forward. Extrinsic changes act
 on camera coordinates, ``lidar2cam' = E @ lidar2cam``, E a rigid transform in the camera frame.
 
+Several frames (``results['num_frames']`` = F > 1, ``NuScenesMultiViewDataset(num_frames=2)``): the
+N_cam views are frame-major, view ``f * (N_cam / F) + i`` is physical camera ``i`` in frame ``f``. A
+calibration error or a broken camera belongs to the physical camera, so per-camera random draws
+(``ExtrinsicNoise``, ``CameraDropout`` 'crash') are made for the N_cam / F cameras and repeated in
+every frame, and 'named' drops a camera in every frame; 'frame_lost' stays independent per view
+(a lost frame is lost at random in time too). The deterministic transforms apply to all views
+alike. With F = 1 (or no ``num_frames``) the draws are exactly those of a single frame.
+``CameraHeightPitchOffset`` moves every view along the CURRENT ego up axis; for a previous frame
+that is exact while the ego only yaws between the frames (flat ground), else off by about the
+height times the change of ego pitch / roll in radians (~1 mm for 0.1 m and 0.5 degrees).
+
 Randomness (``ExtrinsicNoise``, ``CameraDropout``) comes from
 ``np.random.default_rng([seed, salt, sample])`` with ``sample`` = ``results['sample_idx']`` (or
 the CRC32 of ``token`` when there is no index) and ``salt`` fixed per transform type: one seed
@@ -77,6 +88,15 @@ def _cameras(results: Dict, name: str) -> MultiViewCameras:
     if isinstance(imgs, list) and len(imgs) != cams.num_cams:
         raise ValueError(f"{name}: results['img'] has {len(imgs)} views but cameras has {cams.num_cams}")
     return cams
+
+
+def _frames(results: Dict, num_views: int, name: str) -> Tuple[int, int]:
+    """(F, cameras per frame) of a sample with ``num_views`` frame-major views (module docstring)."""
+    frames = results.get('num_frames', 1)
+    if not _is_int(frames) or frames < 1 or num_views % frames:
+        raise ValueError(f"{name}: results['num_frames'] = {frames!r} must be an integer >= 1 that divides the "
+                         f'{num_views} views')
+    return int(frames), num_views // int(frames)
 
 
 def _record(results: Dict, **info) -> None:
@@ -250,8 +270,10 @@ class ExtrinsicNoise:
         distribution: ``'normal'`` or ``'uniform'``.
         seed: integer >= 0; the draws depend only on (seed, sample) (module docstring).
 
+    With F frames (``results['num_frames']``) the draws are made for the N_cam / F physical cameras
+    and repeated in every frame: camera i and view i + k N_cam / F get the same E.
     Records ``dict(type='ExtrinsicNoise', seed, rot_deg (N_cam, 3) roll/pitch/yaw drawn,
-    trans_m (N_cam, 3) drawn, delta (N_cam, 4, 4) the E applied)``.
+    trans_m (N_cam, 3) drawn, delta (N_cam, 4, 4) the E applied)`` (per view).
     """
 
     def __init__(self, rot_deg: Triple = 0.0, trans_cm: Triple = 0.0, distribution: str = 'normal',
@@ -273,9 +295,11 @@ class ExtrinsicNoise:
     def __call__(self, results: Dict) -> Dict:
         name = type(self).__name__
         cams = _cameras(results, name)
+        frames, per_frame = _frames(results, cams.num_cams, name)
         rng = _sample_rng(results, self.seed, name)
-        angles = self._draw(rng, self.rot_deg, cams.num_cams)  # (N_cam, 3) roll, pitch, yaw in degrees
-        trans = self._draw(rng, self.trans_cm, cams.num_cams) / 100.0  # (N_cam, 3) metres
+        angles = self._draw(rng, self.rot_deg, per_frame)  # (N_cam / F, 3) roll, pitch, yaw in degrees
+        trans = self._draw(rng, self.trans_cm, per_frame) / 100.0  # (N_cam / F, 3) metres
+        angles, trans = np.tile(angles, (frames, 1)), np.tile(trans, (frames, 1))  # (N_cam, 3): same in every frame
         delta = np.stack([camera_delta(*a, t) for a, t in zip(angles, trans)])  # (N_cam, 4, 4)
         results['cameras'] = _with_lidar2cam(cams, delta)
         _record(results, type=name, seed=self.seed, rot_deg=angles, trans_m=trans, delta=delta)
@@ -333,11 +357,15 @@ class CameraDropout:
 
     Modes (RoboBEV's protocol for the first two):
 
-    * ``'crash'`` (Cam Crash): ``severity`` cameras, an integer in [0, N_cam] (RoboBEV uses 2, 4,
-      5), chosen at random per sample;
-    * ``'frame_lost'`` (Frame Lost): each camera independently with probability ``severity / 6``,
-      ``severity`` in [0, 6];
-    * ``'named'``: the cameras named in ``cameras`` (names from ``results['cam_names']``).
+    * ``'crash'`` (Cam Crash): ``severity`` cameras, an integer in [0, N_cam / F] (RoboBEV uses 2,
+      4, 5), chosen at random per sample and blacked out in every one of the F frames;
+    * ``'frame_lost'`` (Frame Lost): each view independently with probability ``severity / 6``,
+      ``severity`` in [0, 6] (also across frames);
+    * ``'named'``: the cameras named in ``cameras`` (names from ``results['cam_names']``); a
+      camera of the first frame ('CAM_FRONT') is dropped in every frame ('CAM_FRONT@prev' too),
+      a later frame's view named itself ('CAM_FRONT@prev') only there.
+
+    F = ``results['num_frames']`` (1 if absent); views are frame-major (module docstring).
 
     ``seed`` (integer >= 0) seeds the random modes per sample (module docstring). Records
     ``dict(type='CameraDropout', mode, severity, seed, dropped=[names], dropped_idx=[indices])``.
@@ -375,6 +403,11 @@ class CameraDropout:
 
     def _dropped(self, results: Dict, num_cams: int) -> List[int]:
         """Sorted indices of the views to black out."""
+        frames, per_frame = _frames(results, num_cams, type(self).__name__)
+
+        def every_frame(cams) -> List[int]:  # physical camera indices -> their views in all frames
+            return sorted({f * per_frame + int(i) for i in cams for f in range(frames)})
+
         if self.mode == 'named':
             names = list(results.get('cam_names') or [])
             if len(names) != num_cams:
@@ -382,12 +415,13 @@ class CameraDropout:
             missing = [c for c in self.cameras if c not in names]
             if missing:
                 raise ValueError(f'CameraDropout: cameras {missing} are not in this sample\'s cameras {names}')
-            return sorted(names.index(c) for c in self.cameras)
+            idx = [names.index(c) for c in self.cameras]
+            return sorted(set(every_frame(i for i in idx if i < per_frame)) | {i for i in idx if i >= per_frame})
         rng = _sample_rng(results, self.seed, type(self).__name__)
         if self.mode == 'crash':
-            if self.severity > num_cams:
-                raise ValueError(f"CameraDropout 'crash': severity {self.severity} exceeds the {num_cams} cameras")
-            return sorted(int(i) for i in rng.choice(num_cams, size=self.severity, replace=False))
+            if self.severity > per_frame:
+                raise ValueError(f"CameraDropout 'crash': severity {self.severity} exceeds the {per_frame} cameras")
+            return every_frame(rng.choice(per_frame, size=self.severity, replace=False))
         return [i for i, u in enumerate(rng.random(num_cams)) if u < self.severity / FRAME_LOST_CAMERAS]
 
     def __call__(self, results: Dict) -> Dict:

@@ -54,11 +54,12 @@ class DETR3DCrossAttention(nn.Module):
 
     With F = ``num_frames`` = 2 (two-frame input, :mod:`sf3d.models.layers.temporal`) the views are
     frame-major and every frame has its own sigmoid weights over cameras x levels. The previous
-    frame is sampled where the object was under a grid of velocity hypotheses around ``velocity``
-    and matched against the current frame (:class:`~sf3d.models.layers.temporal.VelocityMatching`,
-    built from ``velocity_matching``), which also returns the matched velocity. The frames' samples
-    are concatenated before the output projection, so the query sees what each frame shows rather
-    than their sum.
+    frame's key map is sampled where the object was under a grid of velocity hypotheses around
+    ``velocity`` (averaged over the cameras that see the point) and matched against the current
+    frame (:class:`~sf3d.models.layers.temporal.VelocityMatching`, built from ``velocity_matching``);
+    the previous frame's features are then sampled once, at ``ref - matched * dt``. The frames'
+    samples are concatenated before the output projection, so the query sees what each frame shows
+    rather than their sum.
     """
 
     def __init__(self, *, embed_dims: int = 256, num_cams: int = 6, num_levels: int = 4,
@@ -80,6 +81,9 @@ class DETR3DCrossAttention(nn.Module):
             nn.Linear(embed_dims, embed_dims), nn.LayerNorm(embed_dims), nn.ReLU(inplace=True))
         self.velocity_matching = (VelocityMatching(embed_dims=embed_dims, **(velocity_matching or {}))
                                   if self.num_frames == 2 else None)
+        if self.velocity_matching is not None and not 0 <= self.velocity_matching.level < num_levels:
+            raise ValueError(f'DETR3DCrossAttention: velocity_matching level {self.velocity_matching.level} is not '
+                             f'one of the {num_levels} FPN levels')
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -119,12 +123,18 @@ class DETR3DCrossAttention(nn.Module):
         out = [self._sample(feats, ref_metric, lidar2img, img_shape, weights[:, :, :, 0], 0)]  # [(B, Q, C)]
         matched = None
         if F == 2:
-            K = self.velocity_matching.offsets.shape[0]
-            prev_weights = weights[:, :, :, 1].repeat_interleave(K, dim=2)  # (B, 1, Q * K, N, L)
-            feature, matched = self.velocity_matching(
-                out[0], ref_metric, velocity, frame_dt[:, 1],
-                lambda pts: self._sample(feats, pts, lidar2img, img_shape, prev_weights, 1))  # (B, Q, C), (B, Q, 2)
-            out.append(feature)
+            match = self.velocity_matching
+            keys = match.keys(feats[match.level][:, N:])  # (B, N, C_m, h, w)
+
+            def key_fn(points: Tensor) -> Tensor:  # (B, P, 3) -> (B, P, C_m): mean over the cameras that see it
+                sampled, mask = sample_features([keys], points, lidar2img[:, N:], img_shape)  # (B, C_m, P, N, 1)
+                seen = mask.sum(-1).clamp(min=1).to(sampled.dtype)  # (B, P)
+                return sampled[..., 0].sum(-1).transpose(1, 2) / seen[..., None]
+
+            matched = match(out[0], ref_metric, velocity, frame_dt[:, 1], key_fn)  # (B, Q, 2)
+            was = ref_metric - frame_dt[:, 1, None, None] * torch.cat(
+                [matched.detach(), matched.new_zeros(B, Q, 1)], -1)  # (B, Q, 3) where the object was
+            out.append(self._sample(feats, was, lidar2img, img_shape, weights[:, :, :, 1], 1))  # (B, Q, C)
         out = self.output_proj(torch.cat(out, -1).to(query.dtype))  # (B, Q, C)
         pos_feat = self.position_encoder(inverse_sigmoid(ref_norm).to(query.dtype))  # (B, Q, C)
         return self.dropout(out) + query + pos_feat, matched

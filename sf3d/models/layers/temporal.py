@@ -18,14 +18,15 @@ Sampling the previous frame at one point does not say where the object was: insi
 object every point looks alike (the aperture problem), and the first layer has no velocity yet.
 :class:`VelocityMatching` therefore samples the previous frame at a grid of velocity hypotheses
 around the current estimate, ``p - (v + dv_k) * dt``, scores each sample against what the query
-sees in the current frame (a dot product of learned projections, softmax over k), and returns the
-score-weighted velocity (a soft arg-max, differentiable) with the score-weighted feature. The
-head regresses the velocity as a residual on top of it.
+sees in the current frame (a dot product of learned low-dimensional projections, softmax over k),
+and returns the score-weighted velocity (a soft arg-max, differentiable). The decoder then samples
+the previous frame's features once, where that velocity puts the object, and the head regresses
+the velocity as a residual on top of the matched one.
 
 The first sample of a scene has no previous frame: its previous views are copies of the current
 ones with ``dt = 0`` (PETRv2's fallback), so the two samples coincide.
 
-Axis names: B batch, F frames, Q queries.
+Axis names: B batch, F frames, Q queries, K velocity hypotheses, C channels, C_m matching channels.
 """
 from __future__ import annotations
 
@@ -67,40 +68,48 @@ def velocity_grid(size: int, step: float) -> Tensor:
 
 
 class VelocityMatching(nn.Module):
-    """Where was the query's object in the previous frame: sample it at K velocity hypotheses and
-    match against the current frame (module docstring).
+    """Where was the query's object in the previous frame: score K velocity hypotheses by matching
+    the previous frame against the current one (module docstring).
 
     ``forward(current (B, Q, C) the query's weighted current-frame sample, ref (B, Q, 3) metres,
     velocity (B, Q, 2) m/s the estimate so far, dt (B,) seconds back to the previous frame,
-    sample_fn (points (B, Q * K, 3) -> (B, Q * K, C))) -> (feature (B, Q, C), velocity (B, Q, 2))``:
-    the softmax over the K hypotheses of ``<W_q current, W_k sample_k> / sqrt(D)`` weighs the
-    previous-frame samples and the hypotheses' velocities. At ``dt = 0`` (no previous frame) every
-    hypothesis samples the same point: the weights are uniform and the velocity the estimate itself.
+    key_fn (points (B, Q * K, 3) -> keys (B, Q * K, C_m))) -> matched velocity (B, Q, 2)``: the
+    softmax over the K hypotheses ``velocity + dv_k`` of ``<W_q current, key_k> / sqrt(C_m)`` weighs
+    their velocities. ``key_fn`` samples the previous frame's key map (:meth:`keys` of one FPN
+    level: C_m channels instead of C keep the K samples cheap) at ``ref - (velocity + dv_k) * dt``.
+    At ``dt = 0`` (no previous frame) every hypothesis samples the same point: the weights are
+    uniform and the matched velocity is the estimate itself.
 
     Args:
-        embed_dims: C; match_dims: D of the projections; grid, step: the hypotheses
-            (:func:`velocity_grid`: grid x grid offsets ``step`` m/s apart around the estimate).
+        embed_dims: C; match_dims: C_m of the query and key projections; grid, step: the hypotheses
+            (:func:`velocity_grid`: grid x grid offsets ``step`` m/s apart around the estimate);
+        level: the FPN level whose previous-frame features are matched.
     """
 
-    def __init__(self, *, embed_dims: int = 256, match_dims: int = 32, grid: int = 5, step: float = 4.0):
+    def __init__(self, *, embed_dims: int = 256, match_dims: int = 16, grid: int = 5, step: float = 4.0,
+                 level: int = 1):
         super().__init__()
         self.register_buffer('offsets', velocity_grid(grid, step), persistent=False)  # (K, 2)
+        self.level = int(level)
         self.query_proj = nn.Linear(embed_dims, match_dims)
         self.key_proj = nn.Linear(embed_dims, match_dims)
         self.scale = 1.0 / math.sqrt(match_dims)
 
+    def keys(self, feat: Tensor) -> Tensor:
+        """Previous-frame features (B, N, C, h, w) of ``level`` -> key map (B, N, C_m, h, w)."""
+        return self.key_proj(feat.movedim(2, -1)).movedim(-1, 2)
+
     def forward(self, current: Tensor, ref: Tensor, velocity: Tensor, dt: Tensor,
-                sample_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+                key_fn: Callable[[Tensor], Tensor]) -> Tensor:
         B, Q, _ = current.shape
         K = self.offsets.shape[0]
         hyp = velocity.float()[:, :, None] + self.offsets  # (B, Q, K, 2)
         points = frame_references(ref.float().repeat_interleave(K, 1), hyp.flatten(1, 2),
                                   torch.stack([torch.zeros_like(dt), dt], -1).float())[:, 1]  # (B, Q * K, 3)
-        prev = sample_fn(points).view(B, Q, K, -1)  # (B, Q, K, C)
-        logits = (self.query_proj(current)[:, :, None] * self.key_proj(prev)).sum(-1) * self.scale  # (B, Q, K)
+        keys = key_fn(points).view(B, Q, K, -1)  # (B, Q, K, C_m)
+        logits = (self.query_proj(current)[:, :, None] * keys).sum(-1) * self.scale  # (B, Q, K)
         weights = logits.float().softmax(-1)  # (B, Q, K)
-        feature = (weights[..., None].to(prev.dtype) * prev).sum(2)  # (B, Q, C)
-        return feature, (weights[..., None] * hyp).sum(2)  # (B, Q, C), (B, Q, 2)
+        return (weights[..., None] * hyp).sum(2)  # (B, Q, 2)
 
 
 def frame_time_deltas(data_samples: Optional[dict], batch_size: int, num_frames: int,
