@@ -11,7 +11,8 @@ from detector_utils import batched_cameras, build, camera, rig, samples_for, sin
 import sf3d.models.heads.detr3d_head as detr3d_head
 from sf3d.models.heads.box_coder import denormalize_points
 from sf3d.models.heads.detr3d_head import DETR3DCrossAttention
-from sf3d.models.layers.temporal import VelocityMatching, frame_references, frame_time_deltas, velocity_grid
+from sf3d.models.layers.temporal import (VelocityMatching, frame_references, frame_time_deltas, matching_loss,
+                                         velocity_grid)
 from sf3d.structures import MultiViewCameras
 
 one_thread = single_thread_fixture()
@@ -41,6 +42,21 @@ def test_frame_time_deltas_and_errors():
         frame_time_deltas(dict(time_delta=[0.5, -0.5]), 2, 2, torch.device('cpu'))
     with pytest.raises(ValueError, match='num_frames=2'):
         frame_time_deltas(dict(time_delta=[0.5]), 1, 3, torch.device('cpu'))
+
+
+def test_matching_loss_against_numpy():
+    rng = np.random.default_rng(2)
+    logits, hyp, target = rng.normal(size=(4, 9)), rng.normal(size=(4, 9, 2)) * 3, rng.normal(size=(4, 2)) * 3
+    log_w = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    soft = np.exp(-((hyp - target[:, None]) ** 2).sum(-1) / (2 * 1.5 ** 2))
+    soft /= soft.sum(-1, keepdims=True)
+    got = matching_loss(*(torch.as_tensor(a, dtype=torch.float32) for a in (log_w, hyp, target)), sigma=1.5)
+    np.testing.assert_allclose(got.numpy(), -(soft * log_w).sum(-1), rtol=1e-5)
+    # lowest when the weight sits on the hypothesis nearest the target
+    near = np.full((4, 9), -20.0)
+    near[np.arange(4), ((hyp - target[:, None]) ** 2).sum(-1).argmin(-1)] = 0.0
+    near = torch.as_tensor(near, dtype=torch.float32).log_softmax(-1)
+    assert (matching_loss(near, torch.as_tensor(hyp).float(), torch.as_tensor(target).float(), 0.1) < 0.1).all()
 
 
 def _feats(B, views, C, sizes=((8, 12), (4, 6))):
@@ -76,9 +92,12 @@ def test_cross_attention_samples_the_previous_frame_at_every_hypothesis(monkeypa
         return real(f, ref, l2i, shape)
 
     monkeypatch.setattr(detr3d_head, 'sample_features', spy)
-    out, matched = attn(torch.randn(B, Q, C), torch.randn(B, Q, C), ref_norm, feats, lidar2img, (64, 96),
-                        velocity, frame_dt)
+    out, (matched, log_w, hyp) = attn(torch.randn(B, Q, C), torch.randn(B, Q, C), ref_norm, feats, lidar2img,
+                                      (64, 96), velocity, frame_dt)
     assert out.shape == (B, Q, C) and matched.shape == (B, Q, 2) and len(calls) == 3
+    torch.testing.assert_close(hyp, velocity[:, :, None] + torch.as_tensor(
+        [[x, y] for x in (-2.0, 0.0, 2.0) for y in (-2.0, 0.0, 2.0)], dtype=torch.float32))
+    torch.testing.assert_close((log_w.exp()[..., None] * hyp).sum(2), matched)
     (cur_f, cur_ref, cur_l2i), (key_f, key_pts, key_l2i), (prev_f, prev_ref, prev_l2i) = calls
     ref = denormalize_points(ref_norm, attn.pc_range).numpy()
     torch.testing.assert_close(cur_ref, torch.as_tensor(ref))
@@ -126,11 +145,12 @@ def test_velocity_matching_finds_the_displaced_feature():
         return torch.where(hit[None, :, None], current * 10, torch.tensor([0.0, 10.0, 0.0, 0.0]))  # (1, K, C)
 
     with torch.no_grad():
-        velocity = match(current, ref, torch.zeros(1, 1, 2), torch.tensor([dt]), key_fn)
+        velocity, log_w, _ = match(current, ref, torch.zeros(1, 1, 2), torch.tensor([dt]), key_fn)
+        assert log_w.exp().sum().item() == pytest.approx(1.0)
         np.testing.assert_allclose(velocity[0, 0].numpy(), true_v, atol=1e-3)
         # no previous frame (dt = 0): every hypothesis samples the same point, the estimate stays
         same = lambda points: current.expand(1, points.shape[1], C)  # noqa: E731
-        velocity = match(current, ref, torch.tensor([[[1.0, 3.0]]]), torch.tensor([0.0]), same)
+        velocity, _, _ = match(current, ref, torch.tensor([[[1.0, 3.0]]]), torch.tensor([0.0]), same)
     np.testing.assert_allclose(velocity[0, 0].numpy(), [1.0, 3.0], atol=1e-5)
 
 
@@ -154,7 +174,7 @@ def test_two_frames_at_dt_zero_reduce_to_one_frame():
     l2i = MultiViewCameras(*cams, image_size=(64, 96)).lidar2img.float()[None]  # (1, N, 4, 4)
     ref_norm = torch.rand(B, Q, 3) * 0.2 + torch.tensor([0.6, 0.5, 0.45])
     q, qp, v = torch.randn(B, Q, C), torch.randn(B, Q, C), torch.randn(B, Q, 2)
-    got, matched = two(q, qp, ref_norm, [torch.cat([f, f], 1) for f in feats], torch.cat([l2i, l2i], 1), (64, 96),
+    got, (matched, _, _) = two(q, qp, ref_norm, [torch.cat([f, f], 1) for f in feats], torch.cat([l2i, l2i], 1), (64, 96),
                        v, torch.zeros(B, 2))
     expected, none = one(q, qp, ref_norm, feats, l2i, (64, 96))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
@@ -171,7 +191,7 @@ def test_decoder_matches_around_the_previous_layers_velocity(monkeypatch):
     seen, matched = [], []
     for layer in head.decoder.layers:
         layer.cross_attn.register_forward_pre_hook(lambda m, args: seen.append(args[6].clone()))
-        layer.cross_attn.register_forward_hook(lambda m, args, out: matched.append(out[1].clone()))
+        layer.cross_attn.register_forward_hook(lambda m, args, out: matched.append(out[1][0].clone()))
     frame_dt = torch.tensor([[0.0, 0.5], [0.0, 0.3]])
     feats = [torch.randn(B, 4, C, math.ceil(64 / s), math.ceil(96 / s)) for s in det.feat_strides]
     cams = batched_cameras(*[rig(camera(0.0), camera(1.0), camera(0.05), camera(1.05))] * B)
@@ -333,3 +353,49 @@ def test_velocity_follows_the_previous_frame(moving_overfit):
         inst = pred['pred_instances_3d']
         car = (inst['bboxes_3d'].tensor[:, :2] - torch.tensor([12.0, 2.0])).norm(dim=-1).argmin()
         assert sign * inst['bboxes_3d'].tensor[car, 7] > 2.0
+
+
+def test_two_frame_geometry_stays_fp32_under_bf16_autocast(monkeypatch):
+    """Under bf16 autocast every sampled point (current, hypotheses, matched) is float32 metres."""
+    det = build(num_cams=2, num_frames=2).train()
+    inputs, samples = _two_frame_batch()
+    dtypes = []
+    real = detr3d_head.sample_features
+
+    def spy(f, ref, l2i, shape):
+        dtypes.append(ref.dtype)
+        return real(f, ref, l2i, shape)
+
+    monkeypatch.setattr(detr3d_head, 'sample_features', spy)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        losses = det(inputs, samples, mode='loss')
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert len(dtypes) == 3 * len(det.head.decoder.layers) and set(dtypes) == {torch.float32}
+
+
+def test_matching_loss_supervises_matched_and_denoising_queries():
+    """loss_match of every layer equals matching_loss over the queries the Hungarian step matched
+    (and the positive DN queries), against their GT velocities; it trains the match projections."""
+    det = build(num_cams=2, num_frames=2, denoising=dict(num_groups=2, ray_negatives=1),
+                head=dict(velocity_matching=dict(grid=3, step=2.0, loss_weight=0.5))).train()
+    inputs, samples = _two_frame_batch()
+    head = det.head
+    seen = {}
+    real = head._match_loss
+
+    def spy(losses, prefix, match, rows, velocity, num):
+        seen[prefix] = (match, rows, velocity, num)
+        return real(losses, prefix, match, rows, velocity, num)
+
+    head._match_loss = spy
+    losses = det(inputs, samples, mode='loss')
+    L = len(head.decoder.layers)
+    for prefix in [''] + [f'd{i}.' for i in range(L - 1)] + ['dn.'] + [f'dn.d{i}.' for i in range(L - 1)]:
+        (log_w, hyp), rows, velocity, num = seen[prefix]
+        assert rows.sum() > 0 and velocity.shape == (int(rows.sum()), 2)
+        np.testing.assert_allclose(velocity.numpy(), [[3.0, 0.0]] * len(velocity), atol=1e-6)  # the GT's velocity
+        expected = 0.5 * matching_loss(log_w[rows], hyp[rows], velocity, 1.0).sum() / num
+        torch.testing.assert_close(losses[f'{prefix}loss_match'], expected)
+    losses['loss_match'].backward()
+    match = head.decoder.layers[-1].cross_attn.velocity_matching
+    assert match.query_proj.weight.grad.abs().sum() > 0 and match.key_proj.weight.grad.abs().sum() > 0

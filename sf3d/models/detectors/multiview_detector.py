@@ -602,6 +602,9 @@ class MultiViewDetector(BaseModel):
                             frame_dt=frame_dt)
         if dn is not None:
             outputs['dn_outputs'] = (outputs['all_cls_scores'][:, :, :Qd], outputs['all_bbox_preds'][:, :, :Qd], dn)
+            if 'all_match' in outputs:  # (D, B, Q, K), (D, B, Q, K, 2) split as the queries
+                outputs['dn_match'] = tuple(m[:, :, :Qd] for m in outputs['all_match'])
+                outputs['all_match'] = tuple(m[:, :, Qd:] for m in outputs['all_match'])
             outputs['all_cls_scores'] = outputs['all_cls_scores'][:, :, Qd:]  # (D, B, Q, K)
             outputs['all_bbox_preds'] = outputs['all_bbox_preds'][:, :, Qd:]  # (D, B, Q, 10)
             ref = ref[:, Qd:]
@@ -682,7 +685,7 @@ class MultiViewDetector(BaseModel):
         losses.update(token_losses)
         if 'dn_outputs' in outputs:
             dn_cls, dn_box, dn = outputs['dn_outputs']
-            losses.update(self.head.dn_loss(dn_cls, dn_box, dn['labels'], dn['boxes']))
+            losses.update(self.head.dn_loss(dn_cls, dn_box, dn['labels'], dn['boxes'], outputs.get('dn_match')))
         if 'pixel_preds' in outputs:
             losses.update(self._pixel_losses(outputs['pixel_preds'], boxes, labels, cameras))
         return losses

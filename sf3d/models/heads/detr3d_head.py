@@ -38,7 +38,7 @@ from sf3d.models.heads.box_coder import (CODE_SIZE, PC_RANGE, POST_CENTER_RANGE,
 from sf3d.models.layers.attention import Attention
 from sf3d.models.layers.feature_sampling import sample_features
 from sf3d.models.layers.loss_normalizer import avg_num_targets
-from sf3d.models.layers.temporal import VelocityMatching
+from sf3d.models.layers.temporal import VelocityMatching, matching_loss
 from sf3d.structures import LiDARBoxes
 
 __all__ = ['DETR3DCrossAttention', 'DETR3DDecoderLayer', 'DETR3DDecoder', 'DETR3DHead']
@@ -49,8 +49,8 @@ class DETR3DCrossAttention(nn.Module):
 
     ``forward(query (B, Q, C), query_pos (B, Q, C), ref_norm (B, Q, 3) in [0, 1] of pc_range,
     feats [L x (B, F * N, C, H_l, W_l)], lidar2img (B, F * N, 4, 4), img_shape (H, W),
-    velocity (B, Q, 2) m/s or None, frame_dt (B, F) seconds or None) -> ((B, Q, C), matched
-    velocity (B, Q, 2) or None)``.
+    velocity (B, Q, 2) m/s or None, frame_dt (B, F) seconds or None) -> ((B, Q, C), None or the
+    match: (velocity (B, Q, 2), log-weights (B, Q, K), hypotheses (B, Q, K, 2)))``.
 
     With F = ``num_frames`` = 2 (two-frame input, :mod:`sf3d.models.layers.temporal`) the views are
     frame-major and every frame has its own sigmoid weights over cameras x levels. The previous
@@ -131,9 +131,9 @@ class DETR3DCrossAttention(nn.Module):
                 seen = mask.sum(-1).clamp(min=1).to(sampled.dtype)  # (B, P)
                 return sampled[..., 0].sum(-1).transpose(1, 2) / seen[..., None]
 
-            matched = match(out[0], ref_metric, velocity, frame_dt[:, 1], key_fn)  # (B, Q, 2)
+            matched = match(out[0], ref_metric, velocity, frame_dt[:, 1], key_fn)  # (B, Q, 2), (B, Q, K), (B, Q, K, 2)
             was = ref_metric - frame_dt[:, 1, None, None] * torch.cat(
-                [matched.detach(), matched.new_zeros(B, Q, 1)], -1)  # (B, Q, 3) where the object was
+                [matched[0].detach(), ref_metric.new_zeros(B, Q, 1)], -1)  # (B, Q, 3) where the object was
             out.append(self._sample(feats, was, lidar2img, img_shape, weights[:, :, :, 1], 1))  # (B, Q, C)
         out = self.output_proj(torch.cat(out, -1).to(query.dtype))  # (B, Q, C)
         pos_feat = self.position_encoder(inverse_sigmoid(ref_norm).to(query.dtype))  # (B, Q, C)
@@ -145,8 +145,7 @@ class DETR3DDecoderLayer(nn.Module):
 
     ``forward`` takes the arguments of :class:`DETR3DCrossAttention`, an optional self-attention
     ``attn_mask`` (bool, broadcastable to (B, heads, Q, Q), True = may attend) and the cross-attention's
-    ``velocity`` and ``frame_dt``; returns (B, Q, C) and the cross-attention's matched velocity
-    (B, Q, 2) or None.
+    ``velocity`` and ``frame_dt``; returns (B, Q, C) and the cross-attention's match (or None).
     """
 
     def __init__(self, *, embed_dims: int = 256, num_heads: int = 8, ffn_dims: int = 1024,
@@ -171,7 +170,7 @@ class DETR3DDecoderLayer(nn.Module):
         x = self.norm1(query + self.drop1(self.self_attn(qk, qk, query, attn_mask=attn_mask)))  # (B, Q, C)
         x, matched = self.cross_attn(x, query_pos, ref_norm, feats, lidar2img, img_shape, velocity, frame_dt)
         x = self.norm2(x)  # (B, Q, C)
-        return self.norm3(x + self.ffn(x)), matched  # (B, Q, C), (B, Q, 2) or None
+        return self.norm3(x + self.ffn(x)), matched  # (B, Q, C), match or None
 
 
 class DETR3DDecoder(nn.Module):
@@ -181,7 +180,8 @@ class DETR3DDecoder(nn.Module):
     attn_mask=None, frame_dt=None)`` (``attn_mask``: every layer's self-attention mask, see
     :class:`DETR3DDecoderLayer`) returns ``dict(hidden_states (D, B, Q, C), references (D, B, Q, 3)
     the normalised reference point each layer used, reg_outputs (D, B, Q, 10) raw regression
-    outputs or None)``. With ``reg_branches`` (one per layer), layer d's output refines the
+    outputs or None, match None or (log-weights (D, B, Q, K), hypotheses (D, B, Q, K, 2)) of the
+    velocity matching)``. With ``reg_branches`` (one per layer), layer d's output refines the
     reference in inverse-sigmoid space (code dims 0, 1, 4 = cx, cy, cz) and the result, detached,
     feeds layer d + 1. With two-frame input, ``frame_dt`` (B, F) seconds back to each frame: layer
     d matches the previous frame around the velocity that layer d - 1 regressed (code dims 8, 9,
@@ -196,7 +196,7 @@ class DETR3DDecoder(nn.Module):
     def forward(self, query: Tensor, query_pos: Tensor, ref_norm: Tensor, feats: Sequence[Tensor],
                 lidar2img: Tensor, img_shape: Sequence[int], reg_branches: nn.ModuleList | None = None,
                 attn_mask: Tensor | None = None, frame_dt: Tensor | None = None) -> dict:
-        hidden, refs, regs = [], [], []
+        hidden, refs, regs, matches = [], [], [], []
         velocity = None if frame_dt is None else ref_norm.new_zeros(ref_norm.shape[:2] + (2,))  # (B, Q, 2) m/s
         for lid, layer in enumerate(self.layers):
             query, matched = layer(query, query_pos, ref_norm, feats, lidar2img, img_shape, attn_mask, velocity,
@@ -206,13 +206,15 @@ class DETR3DDecoder(nn.Module):
             if reg_branches is not None:
                 reg = reg_branches[lid](query)  # (B, Q, 10)
                 if matched is not None:  # velocity = matched + regressed residual
-                    reg = torch.cat([reg[..., :8], reg[..., 8:] + matched.to(reg.dtype)], -1)  # (B, Q, 10)
+                    reg = torch.cat([reg[..., :8], reg[..., 8:] + matched[0].to(reg.dtype)], -1)  # (B, Q, 10)
+                    matches.append(matched[1:])
                 regs.append(reg)
                 ref_norm = (reg[..., [0, 1, 4]] + inverse_sigmoid(ref_norm)).sigmoid().detach()  # (B, Q, 3)
                 if velocity is not None:
                     velocity = reg[..., 8:10].detach().float()  # (B, Q, 2)
         return dict(hidden_states=torch.stack(hidden), references=torch.stack(refs),
-                    reg_outputs=torch.stack(regs) if regs else None)
+                    reg_outputs=torch.stack(regs) if regs else None,
+                    match=tuple(torch.stack(m) for m in zip(*matches)) if matches else None)
 
 
 PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)  # classifier bias of prior probability 0.01 (focal loss)
@@ -242,7 +244,8 @@ class DETR3DHead(nn.Module):
         num_frames: F frames of the input (2: the previous key frame's N views follow the current
             ones; :mod:`sf3d.models.layers.temporal`); 1 (default) is single-frame DETR3D.
         velocity_matching: keyword arguments of :class:`~sf3d.models.layers.temporal.VelocityMatching`
-            (``grid``, ``step``, ``match_dims``) with two frames.
+            (``grid``, ``step``, ``match_dims``, ``level``) with two frames, and ``loss_weight``
+            (default 1.0) of its :func:`~sf3d.models.layers.temporal.matching_loss`.
         pc_range: ``[x0, y0, z0, x1, y1, z1]`` that reference points are normalised to.
         post_center_range, max_num: NMS-free decoding (see :class:`NMSFreeDecoder`).
         code_weights: per-dim L1 weights (``[1] * 8 + [0.2, 0.2]``).
@@ -264,10 +267,12 @@ class DETR3DHead(nn.Module):
         self.pc_range = tuple(float(v) for v in pc_range)
         self.cls_weight, self.reg_weight, self.alpha, self.gamma = cls_weight, reg_weight, alpha, gamma
         self.register_buffer('code_weights', torch.tensor(code_weights, dtype=torch.float32), persistent=False)
+        velocity_matching = dict(velocity_matching or {})
+        self.match_weight = float(velocity_matching.pop('loss_weight', 1.0))
         self.decoder = DETR3DDecoder(num_layers=num_layers, embed_dims=embed_dims, num_heads=num_heads,
                                      ffn_dims=ffn_dims, dropout=dropout, num_cams=num_cams,
                                      num_levels=num_levels, num_frames=num_frames,
-                                     velocity_matching=velocity_matching, pc_range=pc_range)
+                                     velocity_matching=velocity_matching or None, pc_range=pc_range)
         self.num_frames = num_frames
         cls, reg = _cls_branch(embed_dims, num_classes), _reg_branch(embed_dims)
         self.cls_branches = nn.ModuleList(copy.deepcopy(cls) for _ in range(num_layers))
@@ -343,7 +348,10 @@ class DETR3DHead(nn.Module):
             reg = reg.float()  # absolute centres in metres need float32
             centre = denormalize_points((reg[..., [0, 1, 4]] + inverse_sigmoid(ref)).sigmoid(), self.pc_range)
             all_box.append(torch.cat([centre[..., :2], reg[..., 2:4], centre[..., 2:], reg[..., 5:]], -1))  # (B, Q, 10)
-        return dict(all_cls_scores=torch.stack(all_cls), all_bbox_preds=torch.stack(all_box))
+        out = dict(all_cls_scores=torch.stack(all_cls), all_bbox_preds=torch.stack(all_box))
+        if dec['match'] is not None:
+            out['all_match'] = dec['match']  # (D, B, Q, K), (D, B, Q, K, 2)
+        return out
 
     # ---------------------------------------------------------------- losses
     def _targets(self, cls_logits: Tensor, bbox_preds: Tensor, gt_codes: Tensor, gt_labels: Tensor,
@@ -371,6 +379,18 @@ class DETR3DHead(nn.Module):
         losses[f'{prefix}loss_cls'] = self.cls_weight * loss_cls / num_targets
         losses[f'{prefix}loss_bbox'] = self.reg_weight * ((box_l - box_t).abs() * box_w).sum() / num_targets
 
+    def _match_loss(self, losses: dict, prefix: str, match: tuple[Tensor, Tensor] | None, rows: Tensor,
+                    velocity: Tensor, num_targets: Tensor) -> None:
+        """With velocity matching, add ``{prefix}loss_match``: :func:`matching_loss` of the queries
+        ``rows`` (a bool mask over the match's leading dims) against their GT velocities (M, 2), summed,
+        weighted and divided by ``num_targets``; sigma is half the hypotheses' step."""
+        if match is None:
+            return
+        log_w, hyp = match
+        sigma = 0.5 * self.decoder.layers[0].cross_attn.velocity_matching.step
+        loss = matching_loss(log_w[rows], hyp[rows], velocity, sigma).sum()
+        losses[f'{prefix}loss_match'] = self.match_weight * loss / num_targets
+
     def _gt(self, gt_boxes, gt_labels, device) -> tuple[list[Tensor], list[Tensor]]:
         codes, labels = [], []
         for i, (boxes, lab) in enumerate(zip(gt_boxes, gt_labels)):
@@ -396,9 +416,11 @@ class DETR3DHead(nn.Module):
                 step at every layer (the rest is matched by cost).
         Returns:
             dict with ``loss_cls``, ``loss_bbox`` (last layer) and ``d{i}.loss_cls``,
-            ``d{i}.loss_bbox`` for the earlier layers; both normalised by the batch's #GT averaged
-            over the ranks, at least 1 (:func:`~sf3d.models.layers.loss_normalizer.avg_num_targets`;
-            DETR3D's ``sync_cls_avg_factor``). Under torch.distributed every rank must call it.
+            ``d{i}.loss_bbox`` for the earlier layers (+ ``loss_match`` / ``d{i}.loss_match`` of the
+            matched queries with a GT velocity, with velocity matching); all normalised by the batch's
+            #GT averaged over the ranks, at least 1
+            (:func:`~sf3d.models.layers.loss_normalizer.avg_num_targets`; DETR3D's
+            ``sync_cls_avg_factor``). Under torch.distributed every rank must call it.
         """
         all_cls, all_box = outputs['all_cls_scores'], outputs['all_bbox_preds']
         D, B = all_cls.shape[:2]
@@ -407,16 +429,21 @@ class DETR3DHead(nn.Module):
                              f'{len(gt_labels)} gt_labels')
         codes, labels = self._gt(gt_boxes, gt_labels, all_cls.device)
         num_gt = avg_num_targets(sum(len(lab) for lab in labels), all_cls.device)  # DETR3D's reduce_mean
-        losses = {}
+        losses, match = {}, outputs.get('all_match')
         for lid in range(D):
             cls_l, box_l = all_cls[lid].float(), all_box[lid].float()  # (B, Q, K), (B, Q, 10)
             targets = [self._targets(cls_l[b].detach(), box_l[b].detach(), codes[b], labels[b],
                                      None if fixed_assign is None else fixed_assign[b]) for b in range(B)]
             cls_t, box_t, box_w = (torch.stack(t) for t in zip(*targets))  # (B, Q, K), (B, Q, 10) x 2
-            self._layer_losses(losses, '' if lid == D - 1 else f'd{lid}.', cls_l, cls_t, box_l, box_t, box_w, num_gt)
+            prefix = '' if lid == D - 1 else f'd{lid}.'
+            self._layer_losses(losses, prefix, cls_l, cls_t, box_l, box_t, box_w, num_gt)
+            rows = box_w[..., 8] > 0  # (B, Q) matched, with a GT velocity
+            self._match_loss(losses, prefix, None if match is None else tuple(m[lid] for m in match), rows,
+                             box_t[..., 8:10][rows], num_gt)
         return losses
 
-    def dn_loss(self, all_cls: Tensor, all_box: Tensor, labels: Tensor, boxes: Tensor) -> dict:
+    def dn_loss(self, all_cls: Tensor, all_box: Tensor, labels: Tensor, boxes: Tensor,
+                match: tuple[Tensor, Tensor] | None = None) -> dict:
         """Denoising losses at every decoder layer (no matching: each DN query's target is fixed).
 
         Args:
@@ -426,9 +453,12 @@ class DETR3DHead(nn.Module):
                 negative), -2 for padding (no loss).
             boxes: (B, Qd, 9) GT boxes ``[x, y, z_bottom, l, w, h, yaw, vx, vy]`` of the positives
                 (other rows are ignored).
+            match: the DN queries' velocity matching ((D, B, Qd, K) log-weights, (D, B, Qd, K, 2)
+                hypotheses; :meth:`forward`'s ``all_match``), or None.
         Returns:
             dict with ``dn.loss_cls``, ``dn.loss_bbox`` (last layer) and ``dn.d{i}.loss_cls``,
-            ``dn.d{i}.loss_bbox``: focal loss over positives and negatives (an all-zero one-hot),
+            ``dn.d{i}.loss_bbox`` (+ ``dn.loss_match`` / ``dn.d{i}.loss_match`` of the positives with a
+            GT velocity, with ``match``): focal loss over positives and negatives (an all-zero one-hot),
             L1 of weighted box codes over positives (NaN targets carry no loss), each normalised by
             the number of positive DN queries averaged over the ranks, at least 1. Under
             torch.distributed every rank must call it.
@@ -445,9 +475,14 @@ class DETR3DHead(nn.Module):
         tgt, box_w = self._weighted_codes(encode_boxes(boxes[pos].float()))  # (P, 10) each
         num_pos = avg_num_targets(int(pos.sum()), all_cls.device)
         losses = {}
+        moving = pos.clone()
+        moving[pos] = box_w[:, 8] > 0  # (B, Qd) positives with a GT velocity
         for lid in range(D):
-            self._layer_losses(losses, 'dn.' if lid == D - 1 else f'dn.d{lid}.', all_cls[lid][scored].float(), cls_t,
-                               all_box[lid][pos].float(), tgt, box_w, num_pos)
+            prefix = 'dn.' if lid == D - 1 else f'dn.d{lid}.'
+            self._layer_losses(losses, prefix, all_cls[lid][scored].float(), cls_t, all_box[lid][pos].float(), tgt,
+                               box_w, num_pos)
+            self._match_loss(losses, prefix, None if match is None else tuple(m[lid] for m in match), moving,
+                             tgt[box_w[:, 8] > 0, 8:10], num_pos)
         return losses
 
     @torch.no_grad()

@@ -19,7 +19,10 @@ object every point looks alike (the aperture problem), and the first layer has n
 :class:`VelocityMatching` therefore samples the previous frame at a grid of velocity hypotheses
 around the current estimate, ``p - (v + dv_k) * dt``, scores each sample against what the query
 sees in the current frame (a dot product of learned low-dimensional projections, softmax over k),
-and returns the score-weighted velocity (a soft arg-max, differentiable). The decoder then samples
+and returns the score-weighted velocity (a soft arg-max, differentiable). The head supervises the
+scores directly (:func:`matching_loss`: cross-entropy against a Gaussian around the GT velocity,
+for the queries matched to a GT and the denoising queries), so the match is learned from the
+first iterations instead of only through the velocity's L1 loss. The decoder then samples
 the previous frame's features once, where that velocity puts the object, and the head regresses
 the velocity as a residual on top of the matched one.
 
@@ -37,7 +40,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = ['VelocityMatching', 'frame_references', 'frame_time_deltas', 'velocity_grid']
+__all__ = ['VelocityMatching', 'frame_references', 'frame_time_deltas', 'matching_loss', 'velocity_grid']
 
 
 def frame_references(ref_points: Tensor, velocity: Tensor, frame_dt: Tensor) -> Tensor:
@@ -73,7 +76,8 @@ class VelocityMatching(nn.Module):
 
     ``forward(current (B, Q, C) the query's weighted current-frame sample, ref (B, Q, 3) metres,
     velocity (B, Q, 2) m/s the estimate so far, dt (B,) seconds back to the previous frame,
-    key_fn (points (B, Q * K, 3) -> keys (B, Q * K, C_m))) -> matched velocity (B, Q, 2)``: the
+    key_fn (points (B, Q * K, 3) -> keys (B, Q * K, C_m))) -> (matched velocity (B, Q, 2), log-weights
+    (B, Q, K), hypotheses (B, Q, K, 2) m/s)``: the
     softmax over the K hypotheses ``velocity + dv_k`` of ``<W_q current, key_k> / sqrt(C_m)`` weighs
     their velocities. ``key_fn`` samples the previous frame's key map (:meth:`keys` of one FPN
     level: C_m channels instead of C keep the K samples cheap) at ``ref - (velocity + dv_k) * dt``.
@@ -90,6 +94,7 @@ class VelocityMatching(nn.Module):
                  level: int = 1):
         super().__init__()
         self.register_buffer('offsets', velocity_grid(grid, step), persistent=False)  # (K, 2)
+        self.step = float(step)
         self.level = int(level)
         self.query_proj = nn.Linear(embed_dims, match_dims)
         self.key_proj = nn.Linear(embed_dims, match_dims)
@@ -100,7 +105,7 @@ class VelocityMatching(nn.Module):
         return self.key_proj(feat.movedim(2, -1)).movedim(-1, 2)
 
     def forward(self, current: Tensor, ref: Tensor, velocity: Tensor, dt: Tensor,
-                key_fn: Callable[[Tensor], Tensor]) -> Tensor:
+                key_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         B, Q, _ = current.shape
         K = self.offsets.shape[0]
         hyp = velocity.float()[:, :, None] + self.offsets  # (B, Q, K, 2)
@@ -108,8 +113,22 @@ class VelocityMatching(nn.Module):
                                   torch.stack([torch.zeros_like(dt), dt], -1).float())[:, 1]  # (B, Q * K, 3)
         keys = key_fn(points).view(B, Q, K, -1)  # (B, Q, K, C_m)
         logits = (self.query_proj(current)[:, :, None] * keys).sum(-1) * self.scale  # (B, Q, K)
-        weights = logits.float().softmax(-1)  # (B, Q, K)
-        return (weights[..., None] * hyp).sum(2)  # (B, Q, 2)
+        log_weights = logits.float().log_softmax(-1)  # (B, Q, K)
+        return (log_weights.exp()[..., None] * hyp).sum(2), log_weights, hyp  # (B, Q, 2), (B, Q, K), (B, Q, K, 2)
+
+
+def matching_loss(log_weights: Tensor, hypotheses: Tensor, target: Tensor, sigma: float) -> Tensor:
+    """Cross-entropy of the match scores against soft targets around the GT velocity.
+
+    Args:
+        log_weights: (P, K) log-softmax over a query's hypotheses; hypotheses: (P, K, 2) m/s.
+        target: (P, 2) GT velocity m/s; sigma: width (m/s) of the target ``softmax_k(-|h_k - v|^2 / 2 sigma^2)``.
+    Returns:
+        (P,) ``-sum_k t_k log w_k``.
+    """
+    dist2 = (hypotheses.float() - target.float()[:, None]).pow(2).sum(-1)  # (P, K)
+    soft = (-dist2 / (2 * sigma ** 2)).softmax(-1)  # (P, K)
+    return -(soft * log_weights.float()).sum(-1)
 
 
 def frame_time_deltas(data_samples: Optional[dict], batch_size: int, num_frames: int,
