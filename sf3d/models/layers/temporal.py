@@ -19,10 +19,10 @@ object every point looks alike (the aperture problem), and the first layer has n
 :class:`VelocityMatching` therefore samples the previous frame at a grid of velocity hypotheses
 around the current estimate, ``p - (v + dv_k) * dt``, scores each sample against what the query
 sees in the current frame (a dot product of learned low-dimensional projections, softmax over k),
-and returns the score-weighted velocity (a soft arg-max, differentiable). The head supervises the
-scores directly (:func:`matching_loss`: cross-entropy against a Gaussian around the GT velocity,
-for the queries matched to a GT and the denoising queries), so the match is learned from the
-first iterations instead of only through the velocity's L1 loss. The decoder then samples
+and returns the score-weighted velocity (a soft arg-max, differentiable). The head can supervise
+the scores directly (:func:`matching_loss`: cross-entropy against a Gaussian around the GT
+velocity, for the queries matched to a GT and the denoising queries; off by default, README
+"Temporal input" says why). The decoder then samples
 the previous frame's features once, where that velocity puts the object, and the head regresses
 the velocity as a residual on top of the matched one.
 
