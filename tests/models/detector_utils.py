@@ -66,6 +66,22 @@ def build(num_cams, grid=(2, 3), query_mode='spatial_tokens', conditioning='ray'
                              head=head, token_loss=token_loss, **kwargs)
 
 
+def fit(det, inputs, samples, steps, fine_steps, lr=2e-3):
+    """Train ``det`` in place on one batch: ``steps`` AdamW steps at ``lr``, then ``fine_steps`` at lr / 10
+    (gradient clipping at 35, as the configs)."""
+    opt = torch.optim.AdamW(det.parameters(), lr=lr, weight_decay=0.0)
+    drop = torch.optim.lr_scheduler.MultiStepLR(opt, [steps], gamma=0.1)
+    det.train()
+    for _ in range(steps + fine_steps):
+        loss = sum(det(inputs, samples, mode='loss').values())
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(det.parameters(), 35.0)
+        opt.step()
+        drop.step()
+    return det
+
+
 def samples_for(cameras, boxes, labels):
     """Data samples of a batch: cameras (B, N), per sample boxes (G, 9) (array or tensor) and labels (G,)."""
     return dict(cameras=cameras, gt_bboxes_3d=[LiDARBoxes(torch.as_tensor(b, dtype=torch.float32)) for b in boxes],

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from detector_utils import (H, K, W, batched_cameras, build, camera, np_focal_sum, np_project, np_unproject, rig,
+from detector_utils import (H, K, W, batched_cameras, build, camera, fit, np_focal_sum, np_project, np_unproject, rig,
                             samples_for, single_thread_fixture)
 from sf3d.models.detectors.multiview_detector import token_targets
 from sf3d.models.layers.feature_sampling import project_points
@@ -302,16 +302,7 @@ def train_overfit(seed=0):
     make = lambda: build(num_cams=3, grid=OVERFIT_GRID, token_loss=TOKEN_LOSS, depth_range=(1.0, 18.0),  # noqa: E731
                          head=dict(pc_range=OVERFIT_PC_RANGE), seed=seed)
     det, untrained = make(), make().eval()
-    opt = torch.optim.AdamW(det.parameters(), lr=2e-3, weight_decay=0.0)
-    drop = torch.optim.lr_scheduler.MultiStepLR(opt, [OVERFIT_STEPS], gamma=0.1)
-    det.train()
-    for _ in range(OVERFIT_STEPS + OVERFIT_FINE_STEPS):
-        loss = sum(det(inputs, samples, mode='loss').values())
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(det.parameters(), 35.0)
-        opt.step()
-        drop.step()
+    fit(det, inputs, samples, OVERFIT_STEPS, OVERFIT_FINE_STEPS)
     return det.eval(), untrained, inputs, samples, boxes, labels
 
 

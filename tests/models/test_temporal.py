@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from detector_utils import batched_cameras, build, camera, rig, samples_for, single_thread_fixture
+from detector_utils import batched_cameras, build, camera, fit, rig, samples_for, single_thread_fixture
+from test_detector_training import OVERFIT_GRID, OVERFIT_PC_RANGE, TOKEN_LOSS, render, unmatched
 
 import sf3d.models.heads.detr3d_head as detr3d_head
 from sf3d.models.heads.box_coder import denormalize_points
@@ -280,8 +281,6 @@ SPEED, DT, EGO_STEP = 6.0, 0.5, 1.0
 
 
 def _moving_batch():
-    from test_detector_training import render
-
     yaws = (0.0, math.radians(75), math.radians(-75))
     cur = rig(*(camera(y) for y in yaws))
     prev = rig(*(camera(y, centre=(0.5 - EGO_STEP, 0.0, 0.0)) for y in yaws))  # current LiDAR frame
@@ -301,29 +300,16 @@ def _moving_batch():
 
 @pytest.fixture(scope='module')
 def moving_overfit():
-    from test_detector_training import OVERFIT_GRID, OVERFIT_PC_RANGE, TOKEN_LOSS
-
     inputs, samples = _moving_batch()
     det = build(num_cams=3, num_frames=2, grid=OVERFIT_GRID, token_loss=TOKEN_LOSS, depth_range=(1.0, 18.0),
                 head=dict(pc_range=OVERFIT_PC_RANGE, code_weights=(1.0,) * 10))
-    opt = torch.optim.AdamW(det.parameters(), lr=2e-3, weight_decay=0.0)
-    drop = torch.optim.lr_scheduler.MultiStepLR(opt, [250], gamma=0.1)
-    det.train()
-    for _ in range(300):
-        loss = sum(det(inputs, samples, mode='loss').values())
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(det.parameters(), 35.0)
-        opt.step()
-        drop.step()
+    fit(det, inputs, samples, 250, 50)
     return det.eval(), inputs, samples
 
 
 def _previous_position_errors(det, inputs, samples):
     """Per sample and GT: the distance (m) from the matched prediction's previous position,
     centre - velocity * dt, to the GT's previous position (inf where no prediction matches)."""
-    from test_detector_training import unmatched
-
     with torch.no_grad():
         preds = det(inputs, samples, mode='predict')
     errors = []
