@@ -63,7 +63,8 @@ def _rig(n: int = 6):
 def _results(dtype=np.uint8, sample_idx=0, n=6) -> dict:
     k, l2c = _rig(n)
     return dict(img=[_block_image(i).astype(dtype) for i in range(n)],
-                cameras=MultiViewCameras(k, l2c, (H, W)), cam_names=CAMS[:n], sample_idx=sample_idx, token=f'tok{sample_idx}')
+                cameras=MultiViewCameras(k, l2c, (H, W)), cam_names=CAMS[:n], sample_idx=sample_idx,
+                token=f'tok{sample_idx}')
 
 
 def _np_cams(cams: MultiViewCameras):

@@ -175,8 +175,8 @@ def test_two_frames_at_dt_zero_reduce_to_one_frame():
     l2i = MultiViewCameras(*cams, image_size=(64, 96)).lidar2img.float()[None]  # (1, N, 4, 4)
     ref_norm = torch.rand(B, Q, 3) * 0.2 + torch.tensor([0.6, 0.5, 0.45])
     q, qp, v = torch.randn(B, Q, C), torch.randn(B, Q, C), torch.randn(B, Q, 2)
-    got, (matched, _, _) = two(q, qp, ref_norm, [torch.cat([f, f], 1) for f in feats], torch.cat([l2i, l2i], 1), (64, 96),
-                       v, torch.zeros(B, 2))
+    got, (matched, _, _) = two(q, qp, ref_norm, [torch.cat([f, f], 1) for f in feats], torch.cat([l2i, l2i], 1),
+                               (64, 96), v, torch.zeros(B, 2))
     expected, none = one(q, qp, ref_norm, feats, l2i, (64, 96))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(matched, v, atol=1e-5, rtol=0)

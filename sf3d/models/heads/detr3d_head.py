@@ -256,7 +256,8 @@ class DETR3DHead(nn.Module):
 
     def __init__(self, *, num_classes: int = 10, embed_dims: int = 256, num_heads: int = 8,
                  ffn_dims: int = 1024, dropout: float = 0.1, num_layers: int = 6, num_cams: int = 6,
-                 num_levels: int = 4, num_frames: int = 1, velocity_matching: dict | None = None, pc_range: Sequence[float] = PC_RANGE,
+                 num_levels: int = 4, num_frames: int = 1, velocity_matching: dict | None = None,
+                 pc_range: Sequence[float] = PC_RANGE,
                  post_center_range: Sequence[float] = POST_CENTER_RANGE, max_num: int = 300,
                  code_weights: Sequence[float] = (1.0,) * 8 + (0.2, 0.2), cls_weight: float = 2.0,
                  reg_weight: float = 0.25, alpha: float = 0.25, gamma: float = 2.0):
