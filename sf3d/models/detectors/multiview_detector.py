@@ -77,10 +77,10 @@ input holds the previous key frame's views after the current ones, all with came
 current LiDAR frame (``NuScenesMultiViewDataset(num_frames=2)`` composes the ego motion into
 them), and ``data_samples['time_delta']`` the seconds between the two. Both frames go through the
 backbone and FPN (the previous one without gradient by default); queries, token and pixel
-supervision come from the current frame. Each decoder layer samples the previous frame where
-the query's centre was, ``centre - velocity * dt``, at the velocity the layer before regressed
-(:mod:`sf3d.models.layers.temporal`), so the velocity is tied to the time in seconds and a wrong
-one samples the previous frame off the object.
+supervision come from the current frame. Each decoder layer matches the query's object in the
+previous frame over a grid of velocity hypotheses around the velocity the layer before
+regressed, at ``centre - velocity * dt`` with dt in seconds, and samples the previous frame where
+the matched velocity puts it (:mod:`sf3d.models.layers.temporal`).
 
 ``query_mode='learned'`` is the DETR3D baseline (any backbone, e.g. ResNet + FPN): an
 ``nn.Embedding(num_queries, 2 * embed_dims)`` split into (query_pos, query) and reference points

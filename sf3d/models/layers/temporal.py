@@ -8,11 +8,9 @@ motion needs no further handling here.
 
 Object motion does. As in Sparse4D's temporal sampling, a query whose box centre is ``p`` and
 whose velocity is ``v`` (m/s, LiDAR frame, what the head regresses) was at ``p - v * dt_f`` when
-frame f was taken, ``dt_f`` seconds before the current sample; the decoder samples frame f
-there (:func:`frame_references`). The time enters in seconds, not as a frame count, so a gap of
-0.5 s or of 0.25 s asks the same velocity for the same motion. Each decoder layer samples at the
-velocity of the layer before (zero for the first), so a wrong velocity puts the previous-frame
-sample off the object and the next layer can correct it.
+frame f was taken, ``dt_f`` seconds before the current sample (:func:`frame_references`). The time enters in seconds, not as a frame count, so a gap of
+0.5 s or of 0.25 s asks the same velocity for the same motion. Each decoder layer starts from the
+velocity of the layer before (zero for the first).
 
 Sampling the previous frame at one point does not say where the object was: inside a uniform
 object every point looks alike (the aperture problem), and the first layer has no velocity yet.
@@ -22,9 +20,9 @@ sees in the current frame (a dot product of learned low-dimensional projections,
 and returns the score-weighted velocity (a soft arg-max, differentiable). The head can supervise
 the scores directly (:func:`matching_loss`: cross-entropy against a Gaussian around the GT
 velocity, for the queries matched to a GT and the denoising queries; off by default, README
-"Temporal input" says why). The decoder then samples
-the previous frame's features once, where that velocity puts the object, and the head regresses
-the velocity as a residual on top of the matched one.
+"Temporal input" says why). The decoder then samples the previous frame's features once, where
+that velocity puts the object, and the head regresses the velocity as a residual on top of the
+matched one.
 
 The first sample of a scene has no previous frame: its previous views are copies of the current
 ones with ``dt = 0`` (PETRv2's fallback), so the two samples coincide.
