@@ -38,7 +38,7 @@ from sf3d.models.heads.box_coder import (CODE_SIZE, PC_RANGE, POST_CENTER_RANGE,
 from sf3d.models.layers.attention import Attention
 from sf3d.models.layers.feature_sampling import sample_features
 from sf3d.models.layers.loss_normalizer import avg_num_targets
-from sf3d.models.layers.temporal import VelocityMatching, matching_loss
+from sf3d.models.layers.temporal import VelocityMatching, frame_references, matching_loss
 from sf3d.structures import LiDARBoxes
 
 __all__ = ['DETR3DCrossAttention', 'DETR3DDecoderLayer', 'DETR3DDecoder', 'DETR3DHead']
@@ -104,6 +104,14 @@ class DETR3DCrossAttention(nn.Module):
         weights = weights * mask[:, None, :, :, None].to(weights.dtype)  # (B, 1, P, N, L)
         return (sampled * weights).sum(dim=(-1, -2)).transpose(1, 2)  # (B, P, C)
 
+    @staticmethod
+    def _camera_mean(keys: Tensor, points: Tensor, lidar2img: Tensor, img_shape: Sequence[int]) -> Tensor:
+        """A key map (B, N, C_m, h, w) sampled at points (B, P, 3) metres -> (B, P, C_m): the mean over
+        the cameras that see each point."""
+        sampled, mask = sample_features([keys], points, lidar2img, img_shape)  # (B, C_m, P, N, 1), (B, P, N)
+        seen = mask.sum(-1).clamp(min=1).to(sampled.dtype)  # (B, P)
+        return sampled[..., 0].sum(-1).transpose(1, 2) / seen[..., None]
+
     def forward(self, query: Tensor, query_pos: Tensor, ref_norm: Tensor, feats: Sequence[Tensor],
                 lidar2img: Tensor, img_shape: Sequence[int], velocity: Tensor | None = None,
                 frame_dt: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
@@ -125,15 +133,9 @@ class DETR3DCrossAttention(nn.Module):
         if F == 2:
             match = self.velocity_matching
             keys = match.keys(feats[match.level][:, N:])  # (B, N, C_m, h, w)
-
-            def key_fn(points: Tensor) -> Tensor:  # (B, P, 3) -> (B, P, C_m): mean over the cameras that see it
-                sampled, mask = sample_features([keys], points, lidar2img[:, N:], img_shape)  # (B, C_m, P, N, 1)
-                seen = mask.sum(-1).clamp(min=1).to(sampled.dtype)  # (B, P)
-                return sampled[..., 0].sum(-1).transpose(1, 2) / seen[..., None]
-
-            matched = match(out[0], ref_metric, velocity, frame_dt[:, 1], key_fn)  # (B, Q, 2), (B, Q, K), (B, Q, K, 2)
-            was = ref_metric - frame_dt[:, 1, None, None] * torch.cat(
-                [matched[0].detach(), ref_metric.new_zeros(B, Q, 1)], -1)  # (B, Q, 3) where the object was
+            matched = match(out[0], ref_metric, velocity, frame_dt[:, 1],
+                            lambda points: self._camera_mean(keys, points, lidar2img[:, N:], img_shape))
+            was = frame_references(ref_metric, matched[0].detach(), frame_dt)[:, 1]  # (B, Q, 3) where the object was
             out.append(self._sample(feats, was, lidar2img, img_shape, weights[:, :, :, 1], 1))  # (B, Q, C)
         out = self.output_proj(torch.cat(out, -1).to(query.dtype))  # (B, Q, C)
         pos_feat = self.position_encoder(inverse_sigmoid(ref_norm).to(query.dtype))  # (B, Q, C)

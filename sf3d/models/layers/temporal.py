@@ -8,9 +8,10 @@ motion needs no further handling here.
 
 Object motion does. As in Sparse4D's temporal sampling, a query whose box centre is ``p`` and
 whose velocity is ``v`` (m/s, LiDAR frame, what the head regresses) was at ``p - v * dt_f`` when
-frame f was taken, ``dt_f`` seconds before the current sample (:func:`frame_references`). The time enters in seconds, not as a frame count, so a gap of
-0.5 s or of 0.25 s asks the same velocity for the same motion. Each decoder layer starts from the
-velocity of the layer before (zero for the first).
+frame f was taken, ``dt_f`` seconds before the current sample (:func:`frame_references`). The
+time enters in seconds, not as a frame count, so a gap of 0.5 s or of 0.25 s asks the same
+velocity for the same motion. Each decoder layer starts from the velocity of the layer before
+(zero for the first).
 
 Sampling the previous frame at one point does not say where the object was: inside a uniform
 object every point looks alike (the aperture problem), and the first layer has no velocity yet.
@@ -74,10 +75,9 @@ class VelocityMatching(nn.Module):
 
     ``forward(current (B, Q, C) the query's weighted current-frame sample, ref (B, Q, 3) metres,
     velocity (B, Q, 2) m/s the estimate so far, dt (B,) seconds back to the previous frame,
-    key_fn (points (B, Q * K, 3) -> keys (B, Q * K, C_m))) -> (matched velocity (B, Q, 2), log-weights
-    (B, Q, K), hypotheses (B, Q, K, 2) m/s)``: the
-    softmax over the K hypotheses ``velocity + dv_k`` of ``<W_q current, key_k> / sqrt(C_m)`` weighs
-    their velocities. ``key_fn`` samples the previous frame's key map (:meth:`keys` of one FPN
+    key_fn (points (B, Q * K, 3) -> keys (B, Q * K, C_m))) -> (matched velocity (B, Q, 2),
+    log-weights (B, Q, K), hypotheses (B, Q, K, 2) m/s)``: the softmax over the K hypotheses
+    ``velocity + dv_k`` of ``<W_q current, key_k> / sqrt(C_m)`` weighs their velocities. ``key_fn`` samples the previous frame's key map (:meth:`keys` of one FPN
     level: C_m channels instead of C keep the K samples cheap) at ``ref - (velocity + dv_k) * dt``.
     At ``dt = 0`` (no previous frame) every hypothesis samples the same point: the weights are
     uniform and the matched velocity is the estimate itself.
@@ -108,7 +108,7 @@ class VelocityMatching(nn.Module):
         K = self.offsets.shape[0]
         hyp = velocity.float()[:, :, None] + self.offsets  # (B, Q, K, 2)
         points = frame_references(ref.float().repeat_interleave(K, 1), hyp.flatten(1, 2),
-                                  torch.stack([torch.zeros_like(dt), dt], -1).float())[:, 1]  # (B, Q * K, 3)
+                                  dt.float()[:, None])[:, 0]  # (B, Q * K, 3) the previous frame only
         keys = key_fn(points).view(B, Q, K, -1)  # (B, Q, K, C_m)
         logits = (self.query_proj(current)[:, :, None] * keys).sum(-1) * self.scale  # (B, Q, K)
         log_weights = logits.float().log_softmax(-1)  # (B, Q, K)
