@@ -1,8 +1,13 @@
-"""Evaluate one trained detector under perturbed cameras: a sweep over severities of one test-time
-perturbation (``sf3d/datasets/transforms/perturb.py``), plus the clean run.
+"""Evaluate one trained detector under perturbed cameras: sweeps over severities of test-time
+perturbations (``sf3d/datasets/transforms/perturb.py``), plus the clean run.
 
-    python tools/camera_ablation.py CONFIG CHECKPOINT --sweep NAME --out DIR [--severities S ...]
-        [--seeds N] [--data-root DIR] [--work-dir DIR] [--cfg-options k=v ...]
+    python tools/camera_ablation.py CONFIG CHECKPOINT --sweep NAME [NAME ...] --out DIR
+        [--severities S ... | --severities NAME=S,S NAME=S ...] [--seeds N] [--data-root DIR]
+        [--work-dir DIR] [--cfg-options k=v ...]
+
+Several sweeps in one call share one clean evaluation (it is run once and each sweep's outputs
+compare against it). With one sweep, ``--severities`` lists its values; with several, each entry is
+``NAME=V1,V2,...`` for one of them (``rig=DIR1,DIR2``) and the sweeps not named use their defaults.
 
 Sweeps (severity unit; default severities):
 
@@ -44,7 +49,7 @@ against the clean run on the base dataroot (the config's, or ``--data-root``):
 - ``<rig>: calibration error``: the base images with DIR's calibration (only the calibration is
   wrong: ``FocalScale`` 'calib' by S, ``CameraHeightPitchOffset`` by DZ, DEG).
 
-Writes ``DIR/<sweep>.csv`` (one row per run: severity, seed, NDS, mAP, mATE, mASE, mAOE, mAVE,
+Writes per sweep ``DIR/<sweep>.csv`` (one row per run: severity, seed, NDS, mAP, mATE, mASE, mAOE, mAVE,
 mAAE and the relative drop of NDS and mAP against the clean run), ``DIR/<sweep>.md`` (per severity
 the mean +- std over seeds of every metric and of the drops) and ``DIR/<sweep>.png`` (NDS against
 severity). Relative drop = (clean - perturbed) / clean in percent (positive = worse; empty when
@@ -154,19 +159,20 @@ def _rig_label(rig) -> str:
 # ---------------------------------------------------------------------------- arguments
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Evaluate a detector under perturbed cameras (one sweep)')
+    parser = argparse.ArgumentParser(description='Evaluate a detector under perturbed cameras (one or more sweeps '
+                                                 'sharing one clean run)')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--sweep', required=True, help=f'one of {", ".join(SWEEPS)}')
+    parser.add_argument('--sweep', required=True, nargs='+', help=f'one or more of {", ".join(SWEEPS)}')
     parser.add_argument('--severities', nargs='+', default=None,
-                        help="severities (default: the sweep's, see the module docstring); "
-                             'camera names for drop_camera')
+                        help="severities (default: the sweep's, see the module docstring); camera names for "
+                             "drop_camera; with several sweeps NAME=V1,V2,... per sweep")
     parser.add_argument('--seeds', type=int, default=3, help='seeds per severity for random sweeps (default 3)')
     parser.add_argument('--data-root', default=None,
                         help='evaluate on this dataroot instead (same relative info file names), '
                              'e.g. a re-rendered rig')
     parser.add_argument('--out', required=True, help='folder for <sweep>.csv, <sweep>.md and <sweep>.png')
-    parser.add_argument('--work-dir', default=None, help='runner logs (default: OUT/work_dirs/<sweep>)')
+    parser.add_argument('--work-dir', default=None, help='runner logs (default: OUT/work_dirs/<sweep>[+<sweep>...])')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
     return parser.parse_args(argv)
@@ -215,6 +221,29 @@ def parse_severities(name: str, texts: Optional[Sequence[str]]) -> List[Severity
             except ValueError as err:
                 raise ValueError(f'--severities for {name}: severity {value!r} is invalid: {err}') from None
     return values
+
+
+def parse_sweep_severities(names: Sequence[str], texts: Optional[Sequence[str]]) -> Dict[str, List[Severity]]:
+    """Every sweep's severities (in ``names`` order) from ``--severities``: with one sweep its plain values,
+    with several ``NAME=V1,V2,...`` entries (a sweep not named gets its defaults). Raises ValueError for
+    unknown or repeated sweeps and for entries that do not name one of ``names``."""
+    names = list(names)
+    for name in names:
+        get_sweep(name)
+    if len(set(names)) != len(names):
+        raise ValueError(f'--sweep: repeated sweeps in {names}')
+    if len(names) == 1:
+        return {names[0]: parse_severities(names[0], texts)}
+    given: Dict[str, List[str]] = {}
+    for text in texts or ():
+        name, sep, values = str(text).partition('=')
+        if not sep or name not in names or not values:
+            raise ValueError(f'--severities {text!r}: with several sweeps ({", ".join(names)}) each entry must be '
+                             'NAME=V1,V2,... for one of them')
+        if name in given:
+            raise ValueError(f'--severities: sweep {name!r} is given twice')
+        given[name] = values.split(',')
+    return {name: parse_severities(name, given.get(name)) for name in names}
 
 
 def _rig_roots(texts: Optional[Sequence[str]]) -> List[str]:
@@ -287,7 +316,7 @@ def set_data_root(cfg: Config, data_root: str) -> None:
 def build_config(args: argparse.Namespace) -> Config:
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint file not found: {args.checkpoint}')
-    work_dir = args.work_dir or osp.join(args.out, 'work_dirs', args.sweep)
+    work_dir = args.work_dir or osp.join(args.out, 'work_dirs', '+'.join(args.sweep))
     cfg = load_run_config(args.config, cfg_options=args.cfg_options, work_dir=work_dir)
     cfg.load_from = args.checkpoint
     cfg.resume = False
@@ -343,18 +372,27 @@ def plan_runs(name: str, severities: Sequence[Severity], seeds: int) -> List[Run
 
 def run_sweep(cfg: Config, name: str, severities: Sequence[Severity], seeds: int,
               progress: bool = True) -> List[dict]:
-    """Run the clean and perturbed evaluations with one Runner; one dict per run (sweep, severity,
-    seed, perturbation, data_root, the METRICS and ``<metric>_rel_drop_pct``). A run on another data
-    root gets that root's test dataset and a test evaluator built for it."""
+    """One sweep's rows (:func:`run_sweeps` with one sweep)."""
+    return run_sweeps(cfg, {name: severities}, seeds, progress)[name]
+
+
+def run_sweeps(cfg: Config, plan: Dict[str, Sequence[Severity]], seeds: int,
+               progress: bool = True) -> Dict[str, List[dict]]:
+    """Run the clean evaluation once and every sweep's perturbed evaluations with one Runner. Returns per
+    sweep its rows, the clean one first: one dict per run (sweep, severity, seed, perturbation, data_root,
+    the METRICS and ``<metric>_rel_drop_pct`` against the shared clean run). A run on another data root
+    gets that root's test dataset and a test evaluator built for it."""
     from tqdm import tqdm
-    runs = plan_runs(name, severities, seeds)
+    runs = [(CLEAN, CLEAN, 0, None, None)]  # sweep, severity, seed, perturbation, data root
+    for name, severities in plan.items():
+        runs += [(name, *run) for run in plan_runs(name, severities, seeds)[1:]]  # [0] is the clean run
     runner = Runner.from_cfg(cfg)
     loop = runner.test_loop
     base_evaluator = loop.evaluator
     roots: Dict[Optional[str], Tuple[ConfigDict, object]] = {None: (copy.deepcopy(cfg.test_dataloader), None)}
     rows = []
-    bar = tqdm(runs, desc=f'camera ablation {name}', unit='run', file=sys.stderr, disable=not progress)
-    for severity, seed, perturbation, data_root in bar:
+    bar = tqdm(runs, desc=f'camera ablation {"+".join(plan)}', unit='run', file=sys.stderr, disable=not progress)
+    for name, severity, seed, perturbation, data_root in bar:
         if data_root not in roots:
             root_cfg = copy.deepcopy(cfg)
             set_data_root(root_cfg, data_root)
@@ -373,10 +411,13 @@ def run_sweep(cfg: Config, name: str, severities: Sequence[Severity], seeds: int
         rows.append(dict(sweep=name, severity=severity, seed=seed,
                          perturbation=json.dumps(perturbation) if perturbation else '',
                          data_root=data_root or '', **metrics))
-        bar.set_postfix(severity=severity, seed=seed, NDS=f"{metrics['NDS']:.4f}")
+        bar.set_postfix(sweep=name, severity=severity, seed=seed, NDS=f"{metrics['NDS']:.4f}")
     loop.evaluator = base_evaluator
-    add_relative_drops(rows)
-    return rows
+    out = {}
+    for name in plan:
+        out[name] = [dict(rows[0], sweep=name)] + [r for r in rows[1:] if r['sweep'] == name]
+        add_relative_drops(out[name])
+    return out
 
 
 def add_relative_drops(rows: List[dict]) -> None:
@@ -490,25 +531,29 @@ def write_plot(summary: List[dict], path: str, name: str) -> None:
 # ---------------------------------------------------------------------------- main
 
 def main(argv=None) -> Dict[str, object]:
-    """Run the sweep; returns ``dict(rows, summary, csv, md, png)``."""
+    """Run the sweeps; returns ``dict(sweeps={name: dict(rows, summary, csv, md, png)})``, and with one
+    sweep also that sweep's ``rows, summary, csv, md, png`` at the top level."""
     args = parse_args(argv)
-    get_sweep(args.sweep)
-    severities = parse_severities(args.sweep, args.severities)
-    plan_runs(args.sweep, severities, args.seeds)  # checks --seeds before any work
+    plan = parse_sweep_severities(args.sweep, args.severities)
+    for name, severities in plan.items():
+        plan_runs(name, severities, args.seeds)  # checks --seeds and the rig roots before any work
     cfg = build_config(args)
-    rows = run_sweep(cfg, args.sweep, severities, args.seeds, progress=not args.no_progress)
-    summary = summarise(rows)
+    results = run_sweeps(cfg, plan, args.seeds, progress=not args.no_progress)
     os.makedirs(args.out, exist_ok=True)
-    paths = {ext: osp.join(args.out, f'{args.sweep}.{ext}') for ext in ('csv', 'md', 'png')}
-    write_csv(rows, paths['csv'])
-    info = dict(config=args.config, checkpoint=args.checkpoint,
-                data_root=args.data_root or cfg.test_dataloader.dataset.get('data_root', ''),
-                seeds=str(args.seeds) if get_sweep(args.sweep).random else '1 (deterministic sweep)')
-    write_markdown(summary, paths['md'], args.sweep, info)
-    write_plot(summary, paths['png'], args.sweep)
-    print(open(paths['md']).read())
-    print('written: ' + ', '.join(paths.values()))
-    return dict(rows=rows, summary=summary, **paths)
+    out = {}
+    for name, rows in results.items():
+        summary = summarise(rows)
+        paths = {ext: osp.join(args.out, f'{name}.{ext}') for ext in ('csv', 'md', 'png')}
+        write_csv(rows, paths['csv'])
+        info = dict(config=args.config, checkpoint=args.checkpoint,
+                    data_root=args.data_root or cfg.test_dataloader.dataset.get('data_root', ''),
+                    seeds=str(args.seeds) if get_sweep(name).random else '1 (deterministic sweep)')
+        write_markdown(summary, paths['md'], name, info)
+        write_plot(summary, paths['png'], name)
+        print(open(paths['md']).read())
+        print('written: ' + ', '.join(paths.values()))
+        out[name] = dict(rows=rows, summary=summary, **paths)
+    return dict(sweeps=out, **(out[args.sweep[0]] if len(out) == 1 else {}))
 
 
 if __name__ == '__main__':

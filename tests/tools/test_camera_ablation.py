@@ -118,6 +118,58 @@ def test_random_sweep_runs_every_seed(config_and_ckpt, nuscenes_root, tmp_path, 
     assert f"{np.mean(nds):.4f} ± {np.std(nds, ddof=1):.4f}" in (tmp_path / 'out' / 'cam_crash.md').read_text()
 
 
+def test_several_sweeps_share_one_clean_run(config_and_ckpt, clean_references, nuscenes_root, tmp_path,
+                                            monkeypatch):
+    """Two sweeps in one call: the clean evaluation runs once (3 test loops, not 4), each sweep's files hold
+    that clean row and its own runs, and each perturbed run equals the same run of a one-sweep call."""
+    cfg_path, ckpt = config_and_ckpt
+    loops = []
+    original = tool.Runner.test
+
+    def counted(self):
+        loops.append(1)
+        return original(self)
+    monkeypatch.setattr(tool.Runner, 'test', counted)
+    common = [str(cfg_path), str(ckpt), '--data-root', str(nuscenes_root), '--no-progress']
+    result = tool.main(common + ['--sweep', 'focal_calib', 'principal_point', '--severities', 'focal_calib=0.9',
+                                 'principal_point=10', '--out', str(tmp_path / 'both'),
+                                 '--work-dir', str(tmp_path / 'work_both')])
+    assert len(loops) == 3 and sorted(result['sweeps']) == ['focal_calib', 'principal_point']
+    assert 'rows' not in result  # several sweeps: per sweep only
+    for name, severity in (('focal_calib', 0.9), ('principal_point', 10.0)):
+        rows = result['sweeps'][name]['rows']
+        assert [(r['sweep'], r['severity']) for r in rows] == [(name, 'clean'), (name, severity)]
+        _assert_clean_run_is_the_checkpoint(rows[0], clean_references)
+        with open(tmp_path / 'both' / f'{name}.csv') as f:
+            assert [r['severity'] for r in csv.DictReader(f)] == ['clean', f'{severity:g}']
+    single = tool.main(common + ['--sweep', 'principal_point', '--severities', '10', '--out', str(tmp_path / 'one'),
+                                 '--work-dir', str(tmp_path / 'work_one')])
+    both = result['sweeps']['principal_point']['rows'][1]
+    assert {m: both[m] for m in tool.METRICS} == pytest.approx({m: single['rows'][1][m] for m in tool.METRICS},
+                                                              rel=1e-6)
+    assert both['NDS'] != pytest.approx(result['sweeps']['focal_calib']['rows'][1]['NDS'], rel=1e-4)
+
+
+@pytest.mark.parametrize('texts, match', [
+    (['0.9'], r"with several sweeps \(focal_calib, pitch\) each entry must be NAME=V1,V2"),
+    (['height=0.1'], 'must be NAME=V1,V2,... for one of them'),
+    (['pitch=1', 'pitch=2'], "sweep 'pitch' is given twice"),
+    (['pitch=1,x'], r"--severities for pitch: 'x' is not a number"),
+])
+def test_bad_multi_sweep_severities_are_clear_errors(texts, match):
+    with pytest.raises(ValueError, match=match):
+        tool.parse_sweep_severities(['focal_calib', 'pitch'], texts)
+
+
+def test_multi_sweep_severities_default_and_repeats():
+    plan = tool.parse_sweep_severities(['focal_calib', 'pitch'], ['pitch=1,2'])
+    assert plan == {'focal_calib': [0.8, 0.9, 1.1, 1.2], 'pitch': [1.0, 2.0]}
+    with pytest.raises(ValueError, match=r"repeated sweeps in \['pitch', 'pitch'\]"):
+        tool.parse_sweep_severities(['pitch', 'pitch'], None)
+    with pytest.raises(ValueError, match="unknown sweep 'zoom'"):
+        tool.parse_sweep_severities(['pitch', 'zoom'], None)
+
+
 def test_relative_drop_and_summary_hand_computed():
     metrics = dict(mATE=0.5, mASE=0.5, mAOE=0.5, mAVE=0.5, mAAE=0.5)
     rows = [dict(severity='clean', seed=0, NDS=0.40, mAP=0.20, **metrics),
