@@ -142,6 +142,9 @@ RIG_RUNS = ('calibrated', 'old calibration', 'calibration error')
 
 def rig_perturbations(rig, inverse: bool) -> List[dict]:
     """The calibration change from the base rig to ``rig`` (a ``RigSpec``), or back (``inverse``)."""
+    if getattr(rig, 'roll', 0.0) != 0.0:
+        raise ValueError(f'--sweep rig: a rig with roll ({rig}) has no calibration-error counterpart here '
+                         '(CameraHeightPitchOffset moves height and pitch only); re-render it without roll')
     sign = -1.0 if inverse else 1.0
     out = []
     if rig.focal != 1.0:

@@ -15,8 +15,15 @@ What is simulated
   2-39 ms, +-1 ms jitter), and every sensor reading has its own ``ego_pose`` at its own time.
 * Rig: the real nuScenes calibrations (log n015, 1600x900) of the six cameras and LIDAR_TOP;
   ``image_scale`` scales the image and the stored intrinsics, :class:`RigSpec` changes focal
-  length, camera height and pitch (positive pitch = cameras look down); all is written into
-  ``calibrated_sensor``, so a different rig is a correctly calibrated different rig.
+  length, camera height, pitch (positive pitch = cameras look down) and roll about each camera's
+  optical axis (positive roll = image content turns clockwise, as ``camera_delta``'s roll);
+  all is written into ``calibrated_sensor``, so a different rig is a correctly calibrated different
+  rig.  With ``rig_ranges`` (``--rig-ranges``) every scene draws its own rig uniformly within the
+  ranges (:func:`scene_rig`, from seed, version and scene name only); the six cameras of a scene
+  share the draw, the LiDAR never changes.  Every scene has its own ``calibrated_sensor`` records
+  (tokens from the scene name), so per-scene rigs are plain nuScenes.  ``<out>/rig.json`` records
+  the rig (:func:`read_rig`) or, for a multi-rig root, the ranges and every scene's rig
+  (:func:`read_scene_rigs`; ``read_rig`` refuses such a root).
 * Objects: every detection class in every scene (mini_val alone holds all ten), plausible sizes,
   15-40 objects within 45 m of the ego per sample, never overlapping each other or the ego at any
   time of the scene.  Road users follow their lane (constant speed and yaw rate), pedestrians and
@@ -38,8 +45,8 @@ What is simulated
   binned into the nuScenes levels v0-40 / v40-60 / v60-80 / v80-100.
 
 Determinism: every token and all scene content are functions of (seed, version, scene name,
-index) only; the rig and image scale change images and ``calibrated_sensor`` values, never a
-token or an annotation.  The same arguments give byte-identical files.
+index) only; the rig, rig ranges and image scale change images and ``calibrated_sensor`` values,
+never a token or an annotation.  The same arguments give byte-identical files.
 """
 from __future__ import annotations
 
@@ -63,8 +70,9 @@ from sf3d.datasets.nuscenes_info import CAMERAS, CLASSES
 
 __all__ = [
     'CLASSES', 'CAMERAS', 'VERSIONS', 'CLASS_CATEGORY', 'CLASS_COLOURS', 'CLASS_SIZES_WLH',
-    'RigSpec', 'parse_rig', 'read_rig', 'RIG_FILE', 'build_calibration', 'scene_names', 'plan_scene', 'ScenePlan',
-    'make_token', 'generate', 'save_preview',
+    'RigSpec', 'RIG_KEYS', 'parse_rig', 'parse_rig_ranges', 'check_rig_ranges', 'format_rig_ranges', 'scene_rig',
+    'read_rig', 'read_scene_rigs', 'is_multi_rig', 'RIG_FILE', 'build_calibration', 'scene_names', 'plan_scene',
+    'ScenePlan', 'make_token', 'generate', 'save_preview',
 ]
 
 LIDAR = 'LIDAR_TOP'
@@ -218,44 +226,98 @@ SKY_ZENITH = np.array([112.0, 152.0, 208.0], np.float32)
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RigSpec:
-    """A change of the nominal camera rig.
+    """A change of the nominal camera rig (the same change for all six cameras; the LiDAR is fixed).
 
     focal: multiplies fx and fy; height: metres added to every camera's z in the ego frame;
-    pitch: degrees about each camera's own x axis, positive = the camera looks further down.
+    pitch: degrees about each camera's own x axis, positive = the camera looks further down;
+    roll: degrees about each camera's own optical (z) axis, applied after the pitch (about the
+    pitched optical axis), with the sign of ``camera_delta``'s roll (``sf3d/datasets/transforms/
+    perturb.py``) and ``CameraRigAug``: camera coordinates ``p_new = Rz(roll) Rx(pitch) p_nominal``,
+    so the image content turns clockwise: a point right of the principal point moves down, one on
+    the optical axis stays.
     """
     focal: float = 1.0
     height: float = 0.0
     pitch: float = 0.0
+    roll: float = 0.0
 
 
-RIG_FILE = 'rig.json'  # written next to the tables: the rig a dataroot was rendered through
+RIG_KEYS = tuple(RigSpec.__dataclass_fields__)  # ('focal', 'height', 'pitch', 'roll')
+RIG_FILE = 'rig.json'  # written next to the tables: the rig(s) a dataroot was rendered through
 
 
-def read_rig(root: str) -> RigSpec:
-    """The :class:`RigSpec` a dataroot was rendered through (its ``rig.json``). Raises
-    FileNotFoundError naming the file when it is missing, ValueError when it is malformed."""
+def _rig_value_error(key: str, value: float) -> Optional[str]:
+    """Why ``key=value`` is not a usable rig value (None if it is)."""
+    if not math.isfinite(value):
+        return 'must be finite'
+    if key == 'focal' and value <= 0:
+        return 'must be > 0'
+    if key in ('pitch', 'roll') and abs(value) > 45:
+        return 'degrees is outside [-45, 45]'
+    if key == 'height' and not -1.5 <= value <= 3.0:
+        return 'm is outside [-1.5, 3.0]'
+    return None
+
+
+def _read_rig_record(root: str) -> Tuple[str, dict]:
     path = osp.join(root, RIG_FILE)
     if not osp.isfile(path):
         raise FileNotFoundError(f'{path} does not exist: {root} was not written by '
                                 'tools/make_synthetic_nuscenes.py (which records its --rig there)')
     with open(path) as f:
-        record = json.load(f)
+        return path, json.load(f)
+
+
+def _rig_from_record(record: dict, path: str) -> RigSpec:
+    """A RigSpec from a rig.json mapping; a missing ``roll`` (files written before it existed) is 0."""
     try:
-        return RigSpec(**{k: float(record[k]) for k in RigSpec.__dataclass_fields__})
+        values = {k: float(record[k]) for k in RIG_KEYS if k in record or k != 'roll'}
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f'{path}: expected numbers under {list(RigSpec.__dataclass_fields__)}, got {record!r} '
+        raise ValueError(f'{path}: expected numbers under {list(RIG_KEYS)}, got {record!r} '
                          f'({err})') from None
+    return RigSpec(**values)
+
+
+def is_multi_rig(root: str) -> bool:
+    """Whether ``root`` was rendered with a rig per scene (``--rig-ranges``)."""
+    return 'rig_ranges' in _read_rig_record(root)[1]
+
+
+def read_rig(root: str) -> RigSpec:
+    """The :class:`RigSpec` a single-rig dataroot was rendered through (its ``rig.json``). Raises
+    FileNotFoundError naming the file when it is missing, ValueError when it is malformed or when the
+    root is multi-rig (a rig per scene: use :func:`read_scene_rigs`)."""
+    path, record = _read_rig_record(root)
+    if 'rig_ranges' in record:
+        raise ValueError(f'{path}: {root} is a multi-rig dataroot (rendered with --rig-ranges '
+                         f'{format_rig_ranges(record["rig_ranges"])!r}: every scene has its own rig), so it has '
+                         'no single rig; read its per-scene rigs with read_scene_rigs()')
+    return _rig_from_record(record, path)
+
+
+def read_scene_rigs(root: str) -> Dict[str, RigSpec]:
+    """``{scene name: RigSpec}`` of a dataroot: the per-scene draws of a multi-rig root, or the one
+    rig of a single-rig root for every scene of its version (from ``<version>/scene.json``)."""
+    path, record = _read_rig_record(root)
+    if 'rig_ranges' in record:
+        try:
+            return {name: _rig_from_record(values, path) for name, values in record['scene_rigs'].items()}
+        except (KeyError, AttributeError) as err:
+            raise ValueError(f'{path}: multi-rig rig.json without a scene_rigs mapping ({err})') from None
+    rig = _rig_from_record(record, path)
+    with open(osp.join(root, record.get('version', 'v1.0-mini'), 'scene.json')) as f:
+        return {scene['name']: rig for scene in json.load(f)}
 
 
 def parse_rig(text: str) -> RigSpec:
-    """Parse ``'focal=S,height=DZ,pitch=DEG'`` (any subset, any order) into a :class:`RigSpec`."""
+    """Parse ``'focal=S,height=DZ,pitch=DEG,roll=DEG'`` (any subset, any order) into a :class:`RigSpec`."""
     values: Dict[str, float] = {}
     for item in filter(None, (part.strip() for part in text.split(','))):
         key, sep, value = item.partition('=')
         key = key.strip()
-        if not sep or key not in RigSpec.__dataclass_fields__:
+        if not sep or key not in RIG_KEYS:
             raise ValueError(f"--rig: bad item {item!r} in {text!r}; expected 'key=value' with key in "
-                             f"(focal, height, pitch), e.g. 'focal=1.0,height=0.0,pitch=0.0'")
+                             f"({', '.join(RIG_KEYS)}), e.g. 'focal=1.0,height=0.0,pitch=0.0,roll=0.0'")
         if key in values:
             raise ValueError(f'--rig: {key!r} given twice in {text!r}')
         try:
@@ -265,18 +327,89 @@ def parse_rig(text: str) -> RigSpec:
         if not math.isfinite(values[key]):
             raise ValueError(f'--rig: {key}={value!r} must be finite')
     rig = RigSpec(**values)
-    if rig.focal <= 0:
-        raise ValueError(f'--rig: focal={rig.focal} must be > 0')
-    if abs(rig.pitch) > 45:
-        raise ValueError(f'--rig: pitch={rig.pitch} degrees is outside [-45, 45]')
-    if not -1.5 <= rig.height <= 3.0:
-        raise ValueError(f'--rig: height={rig.height} m is outside [-1.5, 3.0]')
+    for key in RIG_KEYS:
+        problem = _rig_value_error(key, getattr(rig, key))
+        if problem:
+            raise ValueError(f'--rig: {key}={getattr(rig, key)} {problem}')
     return rig
+
+
+def parse_rig_ranges(text: str) -> Dict[str, Tuple[float, float]]:
+    """Parse ``'focal=0.9:1.1,height=-0.2:0.2,pitch=-2:2,roll=-1:1'`` (any non-empty subset, any
+    order) into ``{key: (lo, hi)}``; see :func:`check_rig_ranges` for what is accepted."""
+    ranges: Dict[str, Tuple[float, float]] = {}
+    for item in filter(None, (part.strip() for part in text.split(','))):
+        key, sep, value = item.partition('=')
+        key = key.strip()
+        if not sep or key not in RIG_KEYS:
+            raise ValueError(f"--rig-ranges: bad item {item!r} in {text!r}; expected 'key=lo:hi' with key in "
+                             f"({', '.join(RIG_KEYS)}), e.g. 'focal=0.9:1.1,height=-0.2:0.2,pitch=-2:2,roll=-1:1'")
+        if key in ranges:
+            raise ValueError(f'--rig-ranges: {key!r} given twice in {text!r}')
+        lo, colon, hi = value.partition(':')
+        if not colon:
+            raise ValueError(f"--rig-ranges: {key}={value!r} is not a range 'lo:hi' (in {text!r})")
+        try:
+            ranges[key] = (float(lo), float(hi))
+        except ValueError:
+            raise ValueError(f'--rig-ranges: {key}={value!r}: {lo!r} or {hi!r} is not a number (in {text!r})') from None
+    return check_rig_ranges(ranges)
+
+
+def check_rig_ranges(ranges) -> Dict[str, Tuple[float, float]]:
+    """Validate ``{key: (lo, hi)}``: known keys, finite numbers, lo <= hi, both ends valid rig values
+    (focal > 0, |pitch|, |roll| <= 45 degrees, height in [-1.5, 3.0] m); at least one key. Returns
+    the ranges as floats in :data:`RIG_KEYS` order."""
+    if not isinstance(ranges, dict) or not ranges:
+        raise ValueError(f'rig ranges must be a non-empty mapping {{key: (lo, hi)}} with keys in {RIG_KEYS}, '
+                         f'got {ranges!r}')
+    unknown = sorted(set(ranges) - set(RIG_KEYS))
+    if unknown:
+        raise ValueError(f'--rig-ranges: unknown key(s) {unknown}; expected keys in {RIG_KEYS}')
+    out: Dict[str, Tuple[float, float]] = {}
+    for key in RIG_KEYS:
+        if key not in ranges:
+            continue
+        value = ranges[key]
+        try:
+            lo, hi = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError(f'--rig-ranges: {key}={value!r} is not a pair of numbers (lo, hi)') from None
+        for end in (lo, hi):
+            problem = _rig_value_error(key, end)
+            if problem:
+                raise ValueError(f'--rig-ranges: {key}={lo:g}:{hi:g}: {key}={end:g} {problem}')
+        if lo > hi:
+            raise ValueError(f'--rig-ranges: {key}={lo:g}:{hi:g} has lo > hi')
+        out[key] = (lo, hi)
+    return out
+
+
+def format_rig_ranges(ranges) -> str:
+    """The ``--rig-ranges`` text of ``{key: (lo, hi)}``."""
+    return ','.join(f'{k}={lo:g}:{hi:g}' for k, (lo, hi) in ranges.items())
+
+
+def scene_rig(seed: int, version: str, name: str, rig_ranges, base: RigSpec = RigSpec()) -> RigSpec:
+    """The rig of scene ``name``: every key of ``rig_ranges`` drawn uniformly in [lo, hi], the other
+    keys from ``base``. A function of (seed, version, name) only, and each key's draw does not depend on
+    which other keys are drawn (one uniform per key of :data:`RIG_KEYS`, always all four)."""
+    ranges = check_rig_ranges(dict(rig_ranges))
+    u = np.random.default_rng(_seed_int('sf3d-synthetic-nuscenes-rig', seed, version, name)).random(len(RIG_KEYS))
+    values = asdict(base)
+    for key, ui in zip(RIG_KEYS, u):
+        if key in ranges:
+            lo, hi = ranges[key]
+            values[key] = lo + float(ui) * (hi - lo)
+    return RigSpec(**values)
 
 
 def build_calibration(image_scale: float = 0.25, rig: RigSpec = RigSpec()) -> Dict[str, dict]:
     """Calibration of every sensor: ``{channel: {translation, rotation, camera_intrinsic, width,
-    height}}`` (rotation w, x, y, z sensor -> ego; intrinsics 3x3 list, [] for the LiDAR)."""
+    height}}`` (rotation w, x, y, z sensor -> ego; intrinsics 3x3 list, [] for the LiDAR).
+
+    A camera of ``rig``: rotation = nominal * pitch * roll (cam_new -> cam_pitched -> cam_nominal ->
+    ego) with pitch = -rig.pitch degrees about x and roll = -rig.roll degrees about z."""
     if not 0 < image_scale <= 1:
         raise ValueError(f'image_scale={image_scale} must be in (0, 1]')
     width, height = int(round(FULL_WIDTH * image_scale)), int(round(FULL_HEIGHT * image_scale))
@@ -284,6 +417,7 @@ def build_calibration(image_scale: float = 0.25, rig: RigSpec = RigSpec()) -> Di
         raise ValueError(f'image_scale={image_scale} gives {width}x{height} images; need >= 16 px')
     sx, sy = width / FULL_WIDTH, height / FULL_HEIGHT
     pitch = Quaternion(axis=[1.0, 0.0, 0.0], angle=-math.radians(rig.pitch))
+    roll = Quaternion(axis=[0.0, 0.0, 1.0], angle=-math.radians(rig.roll))
     calib = {}
     for channel, (translation, rotation, intr) in NUSCENES_RIG.items():
         if intr is None:
@@ -291,10 +425,10 @@ def build_calibration(image_scale: float = 0.25, rig: RigSpec = RigSpec()) -> Di
                                   camera_intrinsic=[], width=0, height=0)
             continue
         f, cx, cy = intr
-        q = (Quaternion(rotation) * pitch).normalised  # cam_new -> cam_nominal -> ego
+        q = (Quaternion(rotation) * pitch * roll).normalised  # cam_new -> cam_nominal -> ego
         calib[channel] = dict(
             translation=[translation[0], translation[1], translation[2] + rig.height],
-            rotation=list(rotation) if rig.pitch == 0 else [float(v) for v in q.elements],
+            rotation=list(rotation) if rig.pitch == 0 and rig.roll == 0 else [float(v) for v in q.elements],
             camera_intrinsic=[[f * rig.focal * sx, 0.0, cx * sx], [0.0, f * rig.focal * sy, cy * sy],
                               [0.0, 0.0, 1.0]],
             width=width, height=height)
@@ -1048,10 +1182,13 @@ def _remove_previous(out_dir: str, version: str) -> None:
 
 
 def generate(out_dir: str, *, seed: int = 0, samples_per_scene: int = 10, image_scale: float = 0.25,
-             version: str = 'v1.0-mini', rig: RigSpec = RigSpec(), progress: bool = True,
+             version: str = 'v1.0-mini', rig: RigSpec = RigSpec(), rig_ranges=None, progress: bool = True,
              workers: Optional[int] = None) -> Dict[str, int]:
     """Write a synthetic nuScenes ``version`` under ``out_dir`` (replacing an earlier one).
 
+    ``rig_ranges`` (``{key: (lo, hi)}`` or a ``--rig-ranges`` text; None: one rig for all scenes)
+    gives every scene its own rig (:func:`scene_rig`): the keys of the ranges drawn per scene, the
+    other keys from ``rig``.  A key may not be both drawn and set away from nominal in ``rig``.
     Scenes are made in ``workers`` processes (default: one per CPU); the output does not depend
     on it.  Returns counts: {'scenes', 'samples', 'annotations', 'instances'}.
     """
@@ -1065,9 +1202,17 @@ def generate(out_dir: str, *, seed: int = 0, samples_per_scene: int = 10, image_
         raise ValueError(f'seed={seed!r} must be a non-negative integer')
     if not isinstance(rig, RigSpec):
         raise TypeError(f'rig must be a RigSpec (see parse_rig), got {type(rig).__name__}')
-    calib = build_calibration(image_scale, rig)
-    vis_calib = build_calibration(VISIBILITY_SCALE, RigSpec())
+    if rig_ranges is not None:
+        rig_ranges = parse_rig_ranges(rig_ranges) if isinstance(rig_ranges, str) else check_rig_ranges(rig_ranges)
+        both = [k for k in rig_ranges if getattr(rig, k) != getattr(RigSpec(), k)]
+        if both:
+            raise ValueError(f'--rig sets {", ".join(f"{k}={getattr(rig, k):g}" for k in both)} and --rig-ranges '
+                             f'draws {", ".join(both)} per scene; give each key in only one of them (--rig fixes '
+                             'the keys that --rig-ranges does not draw)')
     names = scene_names(version)
+    rigs = {name: rig if rig_ranges is None else scene_rig(seed, version, name, rig_ranges, rig) for name in names}
+    calibs = {name: build_calibration(image_scale, r) for name, r in rigs.items()}
+    vis_calib = build_calibration(VISIBILITY_SCALE, RigSpec())
     annotated = version != 'v1.0-test'
 
     _remove_previous(out_dir, version)
@@ -1077,7 +1222,7 @@ def generate(out_dir: str, *, seed: int = 0, samples_per_scene: int = 10, image_
     from tqdm import tqdm
     tables = {name: [] for name in TABLES}
     tables.update(_static_tables())
-    jobs = [(seed, version, name, samples_per_scene, out_dir, calib, vis_calib, annotated) for name in names]
+    jobs = [(seed, version, name, samples_per_scene, out_dir, calibs[name], vis_calib, annotated) for name in names]
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     with tqdm(total=len(names) * samples_per_scene, desc=f'synthetic {version}', unit='sample',
               disable=not progress) as bar, _pool(workers) as pool:
@@ -1098,8 +1243,13 @@ def generate(out_dir: str, *, seed: int = 0, samples_per_scene: int = 10, image_
     for name in TABLES:
         with open(osp.join(out_dir, version, f'{name}.json'), 'w') as f:
             json.dump(tables[name], f, indent=0)
+    if rig_ranges is None:
+        record = asdict(rig)
+    else:  # no top-level rig keys: a reader expecting one rig fails instead of reading the base
+        record = dict(rig=asdict(rig), rig_ranges={k: list(v) for k, v in rig_ranges.items()},
+                      scene_rigs={name: asdict(r) for name, r in rigs.items()})
     with open(osp.join(out_dir, RIG_FILE), 'w') as f:
-        json.dump(dict(asdict(rig), image_scale=image_scale, seed=seed, samples_per_scene=samples_per_scene,
+        json.dump(dict(record, image_scale=image_scale, seed=seed, samples_per_scene=samples_per_scene,
                        version=version), f, indent=1)
     return dict(scenes=len(names), samples=len(tables['sample']),
                 annotations=len(tables['sample_annotation']), instances=len(tables['instance']))

@@ -1,9 +1,9 @@
 """Synthetic nuScenes generator, checked against the unchanged nuscenes-devkit.
 
 One small dataset (10 mini scenes x 2 samples at 400x225) is generated per module; a second run
-with the same arguments, one through another rig and a small v1.0-test set are generated next to
-it.  Geometry is checked with the devkit's own functions (get_sample_data, view_points,
-points_in_box, box_velocity, DetectionEval), not with the generator's code.
+with the same arguments, one through another rig, a multi-rig set (a rig per scene, twice) and a
+small v1.0-test set are generated next to it.  Geometry is checked with the devkit's own functions
+(get_sample_data, view_points, points_in_box, box_velocity, DetectionEval), not with the generator's code.
 """
 import filecmp
 import importlib.util
@@ -33,6 +33,7 @@ SEED = 3
 SAMPLES = 2
 SCALE = 0.25
 RIG = 'focal=1.2,height=0.3,pitch=5'
+RANGES = 'focal=0.9:1.1,height=-0.2:0.2,pitch=-2:2,roll=-1:1'
 
 
 def _load(name: str, path: Path):
@@ -53,11 +54,14 @@ cli = _load('make_synthetic_nuscenes_cli', ROOT / 'tools' / 'make_synthetic_nusc
 @pytest.fixture(scope='module')
 def roots(tmp_path_factory):
     base = tmp_path_factory.mktemp('synthetic_nuscenes')
-    paths = {name: str(base / name) for name in ('a', 'again', 'rig', 'test')}
+    paths = {name: str(base / name) for name in ('a', 'again', 'rig', 'test', 'multi', 'multi_again')}
     kwargs = dict(seed=SEED, samples_per_scene=SAMPLES, image_scale=SCALE, progress=False)
     gen.generate(paths['a'], **kwargs)
     gen.generate(paths['again'], workers=1, **kwargs)  # the output must not depend on workers
     gen.generate(paths['rig'], rig=gen.parse_rig(RIG), **kwargs)
+    gen.generate(paths['multi'], rig_ranges=gen.parse_rig_ranges(RANGES), **kwargs)
+    assert cli.main(['--out', paths['multi_again'], '--seed', str(SEED), '--samples-per-scene', str(SAMPLES),
+                     '--rig-ranges', RANGES, '--no-progress']) == 0
     paths['preview'] = str(base / 'preview.png')
     assert cli.main(['--out', paths['test'], '--version', 'v1.0-test', '--seed', str(SEED),
                      '--samples-per-scene', str(SAMPLES), '--no-progress', '--preview', paths['preview']]) == 0
@@ -72,6 +76,11 @@ def nusc(roots):
 @pytest.fixture(scope='module')
 def nusc_rig(roots):
     return NuScenes(version='v1.0-mini', dataroot=roots['rig'], verbose=False)
+
+
+@pytest.fixture(scope='module')
+def nusc_multi(roots):
+    return NuScenes(version='v1.0-mini', dataroot=roots['multi'], verbose=False)
 
 
 def _table(root, name, version='v1.0-mini'):
@@ -200,9 +209,9 @@ def _unoccluded(box, others, k, pixels) -> bool:
     return True
 
 
-@pytest.mark.parametrize('which', ['a', 'rig'])
-def test_projected_box_centres_land_on_their_class_colour(which, nusc, nusc_rig):
-    db = nusc if which == 'a' else nusc_rig
+@pytest.mark.parametrize('which', ['nusc', 'nusc_rig', 'nusc_multi'])
+def test_projected_box_centres_land_on_their_class_colour(which, request):
+    db = request.getfixturevalue(which)  # nusc_multi: every scene through its own rig
     palette = {name: _chroma(rgb) for name, rgb in gen.CLASS_COLOURS.items()}
     checked, wrong = 0, []
     for sample in db.sample:
@@ -333,6 +342,189 @@ def test_ground_truth_scores_nds_one(nusc, tmp_path):
     assert metrics.nd_score >= 0.999
     assert metrics.mean_ap >= 0.999
     assert set(metrics.mean_dist_aps) == set(gen.CLASSES) and min(metrics.mean_dist_aps.values()) >= 0.999
+
+
+# ------------------------------------------------------------------------------------------------
+# Multi-rig sets (a rig per scene) and roll
+# ------------------------------------------------------------------------------------------------
+def _rot_x(deg):
+    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+
+
+def _rot_z(deg):
+    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+def _quat_to_matrix(q):
+    w, x, y, z = np.asarray(q, float) / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+
+
+def _expected_camera(nominal: dict, rig: dict):
+    """The nominal calibrated_sensor record changed by ``rig`` (plain numpy): K, R (cam -> ego), t."""
+    k = np.array(nominal['camera_intrinsic'])
+    k[0, 0] *= rig['focal']
+    k[1, 1] *= rig['focal']
+    rot = _quat_to_matrix(nominal['rotation']) @ _rot_x(-rig['pitch']) @ _rot_z(-rig['roll'])
+    return k, rot, np.array(nominal['translation']) + [0.0, 0.0, rig['height']]
+
+
+def _scene_rigs(root):
+    with open(osp.join(root, gen.RIG_FILE)) as f:
+        return json.load(f)['scene_rigs']
+
+
+def test_multi_rig_calibrations_are_the_scenes_own_rigs(roots, nusc_multi):
+    """Every scene's calibrated_sensor (through the devkit) is the nominal one changed by the scene's
+    recorded rig, computed here with numpy; the draws differ between scenes, lie within the ranges and
+    are what scene_rig gives; the LiDAR is unchanged."""
+    rigs = _scene_rigs(roots['multi'])
+    ranges = gen.parse_rig_ranges(RANGES)
+    assert set(rigs) == {s['name'] for s in nusc_multi.scene}
+    for name, rig in rigs.items():
+        assert gen.RigSpec(**rig) == gen.scene_rig(SEED, 'v1.0-mini', name, ranges)
+        for key, (lo, hi) in ranges.items():
+            assert lo <= rig[key] <= hi
+    for key in gen.RIG_KEYS:  # every key varies across the ten scenes
+        assert len({round(r[key], 9) for r in rigs.values()}) == len(rigs)
+    nominal = {c['token']: c for c in _table(roots['a'], 'calibrated_sensor')}
+    checked = set()
+    for sd in nusc_multi.sample_data:
+        cs = nusc_multi.get('calibrated_sensor', sd['calibrated_sensor_token'])
+        scene = nusc_multi.get('scene', nusc_multi.get('sample', sd['sample_token'])['scene_token'])['name']
+        base = nominal[cs['token']]  # same token as in the single-rig set
+        if sd['channel'] == 'LIDAR_TOP':
+            assert cs == base
+            continue
+        k, rot, t = _expected_camera(base, rigs[scene])
+        np.testing.assert_allclose(cs['camera_intrinsic'], k, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(_quat_to_matrix(cs['rotation']), rot, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(cs['translation'], t, rtol=0, atol=1e-6)
+        checked.add((scene, sd['channel']))
+    assert len(checked) == 10 * 6
+    front = [nusc_multi.get('calibrated_sensor', nusc_multi.get('sample_data', nusc_multi.get(
+        'sample', s['first_sample_token'])['data']['CAM_FRONT'])['calibrated_sensor_token']) for s in nusc_multi.scene]
+    assert front[0]['camera_intrinsic'] != front[1]['camera_intrinsic'] and front[0]['rotation'] != front[1]['rotation']
+
+
+def test_multi_rig_keeps_tokens_and_annotations_and_is_deterministic(roots):
+    for name in ('sample', 'sample_annotation', 'instance', 'scene', 'ego_pose', 'sample_data', 'log'):
+        assert _table(roots['a'], name) == _table(roots['multi'], name), name
+    assert ({c['token'] for c in _table(roots['a'], 'calibrated_sensor')}
+            == {c['token'] for c in _table(roots['multi'], 'calibrated_sensor')})
+    # Same arguments (API with a parsed mapping, CLI with the text, different workers): same bytes.
+    files = sorted(str(p.relative_to(roots['multi'])) for p in Path(roots['multi']).rglob('*') if p.is_file())
+    assert files == sorted(str(p.relative_to(roots['multi_again']))
+                           for p in Path(roots['multi_again']).rglob('*') if p.is_file())
+    match, mismatch, errors = filecmp.cmpfiles(roots['multi'], roots['multi_again'], files, shallow=False)
+    assert mismatch == [] and errors == []
+
+
+def test_rig_json_and_readers(roots, tmp_path):
+    with open(osp.join(roots['multi'], gen.RIG_FILE)) as f:
+        record = json.load(f)
+    assert record['rig_ranges'] == {k: list(v) for k, v in gen.parse_rig_ranges(RANGES).items()}
+    assert record['rig'] == dict(focal=1.0, height=0.0, pitch=0.0, roll=0.0)
+    assert not set(gen.RIG_KEYS) & set(record)  # no top-level rig: a one-rig reader cannot misread it
+    with pytest.raises(ValueError, match='is a multi-rig dataroot'):
+        gen.read_rig(roots['multi'])
+    assert gen.is_multi_rig(roots['multi']) and not gen.is_multi_rig(roots['rig'])
+    assert gen.read_scene_rigs(roots['multi']) == {n: gen.RigSpec(**r) for n, r in record['scene_rigs'].items()}
+    assert gen.read_rig(roots['rig']) == gen.parse_rig(RIG)
+    assert set(gen.read_scene_rigs(roots['rig']).values()) == {gen.parse_rig(RIG)}
+    assert len(gen.read_scene_rigs(roots['rig'])) == 10
+    (tmp_path / gen.RIG_FILE).write_text(json.dumps(dict(focal=1.1, height=0.2, pitch=-1.0, image_scale=0.25)))
+    assert gen.read_rig(str(tmp_path)) == gen.RigSpec(focal=1.1, height=0.2, pitch=-1.0, roll=0.0)  # pre-roll file
+
+
+@pytest.mark.parametrize('roll', [3.0, -3.0, 20.0])
+def test_roll_turns_the_image_about_the_principal_point(roll):
+    """Positive roll: the image content turns clockwise (a point right of the principal point moves
+    down), as camera_delta's roll; the optical axis stays put; K and t unchanged."""
+    nominal, rolled = gen.build_calibration(1.0), gen.build_calibration(1.0, gen.RigSpec(roll=roll))
+    for ch in gen.CAMERAS:
+        a, b = nominal[ch], rolled[ch]
+        assert a['camera_intrinsic'] == b['camera_intrinsic'] and a['translation'] == b['translation']
+        k = np.array(a['camera_intrinsic'])
+        r_a, r_b, t = _quat_to_matrix(a['rotation']), _quat_to_matrix(b['rotation']), np.array(a['translation'])
+        on_axis, right = t + r_a @ [0.0, 0.0, 20.0], t + r_a @ [5.0, 0.0, 20.0]  # ego frame
+
+        def pixel(p_ego):
+            return view_points((r_b.T @ (p_ego - t))[:, None], k, normalize=True)[:2, 0]
+        np.testing.assert_allclose(pixel(on_axis), k[:2, 2], atol=1e-6)
+        du, dv = pixel(right) - k[:2, 2]
+        assert np.sign(dv) == np.sign(roll)  # positive roll: moves down (v increases)
+        assert math.degrees(math.atan2(dv, du)) == pytest.approx(roll, abs=1e-6)
+        # the turn of perturb.camera_delta(roll, 0, 0) (Rz(roll) on camera coordinates), as CameraRigAug's
+        np.testing.assert_allclose(r_b.T, _rot_z(roll) @ r_a.T, atol=1e-12)
+    assert gen.parse_rig('roll=-2.5') == gen.RigSpec(roll=-2.5)
+    # Roll is about the pitched camera's own optical axis: the pitched optical axis stays put.
+    both = gen.build_calibration(1.0, gen.RigSpec(pitch=4.0, roll=roll))['CAM_FRONT']
+    pitched = gen.build_calibration(1.0, gen.RigSpec(pitch=4.0))['CAM_FRONT']
+    np.testing.assert_allclose(_quat_to_matrix(both['rotation'])[:, 2], _quat_to_matrix(pitched['rotation'])[:, 2],
+                               atol=1e-12)
+
+
+def test_scene_rig_composes_with_the_fixed_rig():
+    full = gen.scene_rig(SEED, 'v1.0-mini', 'scene-0061', gen.parse_rig_ranges(RANGES))
+    only_roll = gen.scene_rig(SEED, 'v1.0-mini', 'scene-0061', {'roll': (-1, 1)}, gen.RigSpec(focal=1.2, height=0.3))
+    assert only_roll == gen.RigSpec(focal=1.2, height=0.3, pitch=0.0, roll=full.roll)  # draws are per key
+    assert gen.scene_rig(SEED, 'v1.0-mini', 'scene-0061', {'pitch': (1.5, 1.5)}).pitch == 1.5
+    assert gen.scene_rig(SEED + 1, 'v1.0-mini', 'scene-0061', gen.parse_rig_ranges(RANGES)) != full
+
+
+@pytest.mark.parametrize('text, message', [
+    ('focal=1.1:0.9', 'focal=1.1:0.9 has lo > hi'), ('focal=a:1', "focal='a:1'.*not a number"),
+    ('zoom=1:2', "bad item 'zoom=1:2'"), ('focal=0:1', 'focal=0 must be > 0'), ('focal=-1:1', 'focal=-1 must be > 0'),
+    ('pitch=1', "pitch='1' is not a range"), ('roll=-50:0', r'roll=-50 degrees is outside \[-45, 45\]'),
+    ('height=0:nan', 'height=nan must be finite'), ('roll=0:1,roll=1:2', "'roll' given twice"),
+    ('', 'non-empty'),
+])
+def test_bad_rig_ranges(text, message):
+    with pytest.raises(ValueError, match=message):
+        gen.parse_rig_ranges(text)
+
+
+def test_bad_rig_ranges_in_generate_and_cli(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['zoom'\]"):
+        gen.check_rig_ranges({'zoom': (1, 2)})
+    with pytest.raises(ValueError, match=r"focal=\(1, 'x'\) is not a pair of numbers"):
+        gen.check_rig_ranges({'focal': (1, 'x')})
+    with pytest.raises(ValueError, match='--rig sets focal=1.2 and --rig-ranges draws focal'):
+        gen.generate(str(tmp_path), rig=gen.RigSpec(focal=1.2), rig_ranges='focal=0.9:1.1', progress=False)
+    assert not (tmp_path / 'v1.0-mini').exists()
+    with pytest.raises(SystemExit) as exc:
+        cli.main(['--out', str(tmp_path), '--rig-ranges', 'pitch=2:-2'])
+    assert exc.value.code == 2 and 'pitch=2:-2 has lo > hi' in capsys.readouterr().err
+    assert cli.main(['--out', str(tmp_path), '--rig', 'height=0.3', '--rig-ranges', 'height=0:0.5',
+                     '--no-progress']) == 2
+    assert 'give each key in only one of them' in capsys.readouterr().err
+    assert not (tmp_path / 'v1.0-mini').exists()
+
+
+def test_infos_of_a_multi_rig_root_carry_the_scene_cameras(roots, nusc_multi, tmp_path):
+    """tools/create_data.py's info writer reads every sample's cameras from calibrated_sensor."""
+    from sf3d.datasets.nuscenes_info import create_nuscenes_infos, load_nuscenes_infos
+    create_nuscenes_infos(roots['multi'], 'v1.0-mini', str(tmp_path), progress=False)
+    rigs = _scene_rigs(roots['multi'])
+    nominal = {c['token']: c for c in _table(roots['a'], 'calibrated_sensor')}
+    seen = set()
+    for split in ('train', 'val'):
+        for info in load_nuscenes_infos(str(tmp_path / f'nuscenes_infos_{split}.pkl'))['data_list']:
+            scene = nusc_multi.get('scene', info['scene_token'])['name']
+            sample = nusc_multi.get('sample', info['token'])
+            for ch, cam in info['images'].items():
+                base = nominal[nusc_multi.get('sample_data', sample['data'][ch])['calibrated_sensor_token']]
+                k, rot, t = _expected_camera(base, rigs[scene])
+                np.testing.assert_allclose(cam['cam2img'], k, atol=1e-6)
+                np.testing.assert_allclose(np.array(cam['cam2ego'])[:3, :3], rot, atol=1e-6)
+                np.testing.assert_allclose(np.array(cam['cam2ego'])[:3, 3], t, atol=1e-6)
+            seen.add(scene)
+    assert seen == set(rigs)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -288,6 +288,9 @@ def test_rig_plan_undoes_and_applies_the_recorded_rig(tmp_path):
         tool.plan_runs('rig', [focal, same], seeds=1)
     with pytest.raises(ValueError, match='give the re-rendered dataroots'):
         tool.parse_severities('rig', None)
+    rolled = _write_rig(tmp_path / 'roll', roll=1.0)
+    with pytest.raises(ValueError, match='a rig with roll .* has no calibration-error counterpart'):
+        tool.plan_runs('rig', [rolled], seeds=1)
     with pytest.raises(FileNotFoundError, match='rig.json does not exist'):
         tool.parse_severities('rig', [str(tmp_path)])
     (tmp_path / 'bad').mkdir()
