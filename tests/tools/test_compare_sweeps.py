@@ -45,6 +45,24 @@ def test_two_models_side_by_side(tmp_path, capsys):
     assert 'written:' in capsys.readouterr().out
 
 
+def test_several_trained_runs_per_model_are_pooled(tmp_path):
+    """LABEL=DIR1,DIR2: the runs of both folders pooled, each drop against its own folder's clean run."""
+    s0 = write(tmp_path / 's0', 'pitch', [('clean', 0, 0.40, 0.20), (2.0, 0, 0.30, 0.10)])  # drops 25 %, 50 %
+    s1 = write(tmp_path / 's1', 'pitch', [('clean', 0, 0.20, 0.10), (2.0, 0, 0.19, 0.09)])  # drops 5 %, 10 %
+    compare.main([f'tokens={s0},{s1}', '--out', str(tmp_path / 'out'), '--name', 'cmp'])
+    md = (tmp_path / 'out' / 'cmp.md').read_text()
+    # clean NDS 0.3 ± std(0.4, 0.2); at 2: NDS 0.245 ± std(0.3, 0.19), NDS drop 15 ± std(25, 5) = 14.1
+    assert '| clean | 0.3000 ± 0.1414 | - | 0.1500 ± 0.0707 | - |' in md
+    assert '| 2 | 0.2450 ± 0.0778 | +15.0% ± 14.1 | 0.0950 ± 0.0071 | +30.0% ± 28.3 |' in md
+    write(s0, 'height', [('clean', 0, 0.40, 0.20), (0.2, 0, 0.30, 0.10)])
+    with pytest.raises(FileNotFoundError, match=r"tokens: \[.*s1/height.csv'\] missing"):
+        compare.main([f'tokens={s0},{s1}', '--out', str(tmp_path / 'out')])
+    with pytest.raises(ValueError, match='a folder is repeated'):
+        compare.main([f'tokens={s0},{s0}', '--out', str(tmp_path / 'out')])
+    with pytest.raises(ValueError, match='expected LABEL=DIR or LABEL=DIR1,DIR2'):
+        compare.main([f'tokens={s0},', '--out', str(tmp_path / 'out')])
+
+
 def test_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=r"expected LABEL=DIR"):
         compare.main(['just_a_dir', '--out', str(tmp_path / 'o')])

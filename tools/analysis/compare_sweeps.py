@@ -4,9 +4,13 @@
         "learned queries=work_dirs/sweeps/learned" --out docs/ablations --name sweeps
 
 Each ``LABEL=DIR`` is one model: DIR holds the ``<sweep>.csv`` files that ``camera_ablation.py
---out DIR`` wrote. For every sweep found in any DIR, writes one markdown table (a row per severity,
-per model the metric's mean ± std over seeds and its relative drop against that model's clean run)
-into ``OUT/<name>.md``, and one panel per sweep into ``OUT/<name>_<metric>.png`` (relative drop in
+--out DIR`` wrote. ``LABEL=DIR1,DIR2,...`` is one model trained several times (e.g. three training
+seeds): the runs of all its folders are pooled, each drop taken against its own folder's clean run,
+so the ± std covers the training seeds (and the perturbation seeds of random sweeps); a sweep must
+then be in every one of the label's folders.
+
+For every sweep found in any DIR, writes one markdown table (a row per severity, per model the
+metric's mean ± std over seeds and its relative drop against that model's clean run) into ``OUT/<name>.md``, and one panel per sweep into ``OUT/<name>_<metric>.png`` (relative drop in
 percent against severity, one line or bar group per model; 0 at the sweep's neutral severity,
 where the clean run sits). Relative drops make models with different clean scores comparable.
 """
@@ -38,14 +42,19 @@ def _ablation_tool():
     return sys.modules[name]
 
 
-def parse_entry(text: str) -> Tuple[str, str]:
-    """``LABEL=DIR`` -> (label, dir); raises ValueError / FileNotFoundError naming the entry."""
-    label, sep, folder = text.rpartition('=')
-    if not sep or not label or not folder:
-        raise ValueError(f'{text!r}: expected LABEL=DIR (a model label and a camera_ablation.py --out folder)')
-    if not osp.isdir(folder):
-        raise FileNotFoundError(f'{text!r}: {folder} is not a folder')
-    return label, folder
+def parse_entry(text: str) -> Tuple[str, List[str]]:
+    """``LABEL=DIR[,DIR...]`` -> (label, dirs); raises ValueError / FileNotFoundError naming the entry."""
+    label, sep, folders = text.rpartition('=')
+    dirs = folders.split(',') if folders else []
+    if not sep or not label or not dirs or not all(dirs):
+        raise ValueError(f'{text!r}: expected LABEL=DIR or LABEL=DIR1,DIR2,... (a model label and the '
+                         'camera_ablation.py --out folder of each of its trained runs)')
+    for folder in dirs:
+        if not osp.isdir(folder):
+            raise FileNotFoundError(f'{text!r}: {folder} is not a folder')
+    if len(set(dirs)) != len(dirs):
+        raise ValueError(f'{text!r}: a folder is repeated')
+    return label, dirs
 
 
 def read_sweep(path: str) -> List[dict]:
@@ -74,17 +83,23 @@ def summarise(rows: Sequence[dict]) -> Dict[str, dict]:
     return {entry['severity']: entry for entry in _ablation_tool().summarise(rows)}
 
 
-def collect(entries: Sequence[Tuple[str, str]]) -> Dict[str, Dict[str, List[dict]]]:
-    """{sweep: {label: rows}} for every ``<sweep>.csv`` (sweeps in camera_ablation.py's order)."""
+def collect(entries: Sequence[Tuple[str, Sequence[str]]]) -> Dict[str, Dict[str, List[dict]]]:
+    """{sweep: {label: rows}} for every ``<sweep>.csv`` (sweeps in camera_ablation.py's order); a label's
+    rows pool those of its folders. Raises FileNotFoundError when a label has a sweep in some of its
+    folders only."""
     sweeps = _ablation_tool().SWEEPS
     found: Dict[str, Dict[str, List[dict]]] = {}
     for name in sweeps:
-        for label, folder in entries:
-            path = osp.join(folder, f'{name}.csv')
-            if osp.isfile(path):
-                found.setdefault(name, {})[label] = read_sweep(path)
+        for label, folders in entries:
+            paths = [osp.join(folder, f'{name}.csv') for folder in folders]
+            present = [osp.isfile(path) for path in paths]
+            if any(present) and not all(present):
+                missing = [path for path, ok in zip(paths, present) if not ok]
+                raise FileNotFoundError(f'{label}: {missing} missing; every folder of a label needs the same sweeps')
+            if all(present):
+                found.setdefault(name, {})[label] = [row for path in paths for row in read_sweep(path)]
     if not found:
-        raise FileNotFoundError(f'no <sweep>.csv of {", ".join(sweeps)} in {[f for _, f in entries]}')
+        raise FileNotFoundError(f'no <sweep>.csv of {", ".join(sweeps)} in {[f for _, fs in entries for f in fs]}')
     return found
 
 
@@ -173,8 +188,9 @@ def plot(found: Dict[str, Dict[str, List[dict]]], metric: str, path: str) -> Non
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Compare camera-ablation sweeps of several models')
-    parser.add_argument('entries', nargs='+', metavar='LABEL=DIR',
-                        help='model label and the --out folder of its camera_ablation.py runs')
+    parser.add_argument('entries', nargs='+', metavar='LABEL=DIR[,DIR...]',
+                        help='model label and the --out folder of its camera_ablation.py runs (several, comma-'
+                             'separated: one per trained run, pooled)')
     parser.add_argument('--metrics', nargs='+', default=list(DROP_METRICS), choices=DROP_METRICS)
     parser.add_argument('--out', required=True, help='folder for NAME.md and NAME_<metric>.png')
     parser.add_argument('--name', default='sweeps', help='output file stem (default sweeps)')
