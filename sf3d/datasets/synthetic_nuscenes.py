@@ -309,17 +309,25 @@ def read_scene_rigs(root: str) -> Dict[str, RigSpec]:
         return {scene['name']: rig for scene in json.load(f)}
 
 
-def parse_rig(text: str) -> RigSpec:
-    """Parse ``'focal=S,height=DZ,pitch=DEG,roll=DEG'`` (any subset, any order) into a :class:`RigSpec`."""
-    values: Dict[str, float] = {}
+def _rig_items(text: str, flag: str, form: str, example: str) -> List[Tuple[str, str]]:
+    """``'key=value,...'`` -> [(key, value text)], keys from :data:`RIG_KEYS`, each at most once."""
+    items: List[Tuple[str, str]] = []
     for item in filter(None, (part.strip() for part in text.split(','))):
         key, sep, value = item.partition('=')
         key = key.strip()
         if not sep or key not in RIG_KEYS:
-            raise ValueError(f"--rig: bad item {item!r} in {text!r}; expected 'key=value' with key in "
-                             f"({', '.join(RIG_KEYS)}), e.g. 'focal=1.0,height=0.0,pitch=0.0,roll=0.0'")
-        if key in values:
-            raise ValueError(f'--rig: {key!r} given twice in {text!r}')
+            raise ValueError(f"{flag}: bad item {item!r} in {text!r}; expected '{form}' with key in "
+                             f"({', '.join(RIG_KEYS)}), e.g. '{example}'")
+        if key in dict(items):
+            raise ValueError(f'{flag}: {key!r} given twice in {text!r}')
+        items.append((key, value))
+    return items
+
+
+def parse_rig(text: str) -> RigSpec:
+    """Parse ``'focal=S,height=DZ,pitch=DEG,roll=DEG'`` (any subset, any order) into a :class:`RigSpec`."""
+    values: Dict[str, float] = {}
+    for key, value in _rig_items(text, '--rig', 'key=value', 'focal=1.0,height=0.0,pitch=0.0,roll=0.0'):
         try:
             values[key] = float(value)
         except ValueError:
@@ -338,14 +346,8 @@ def parse_rig_ranges(text: str) -> Dict[str, Tuple[float, float]]:
     """Parse ``'focal=0.9:1.1,height=-0.2:0.2,pitch=-2:2,roll=-1:1'`` (any non-empty subset, any
     order) into ``{key: (lo, hi)}``; see :func:`check_rig_ranges` for what is accepted."""
     ranges: Dict[str, Tuple[float, float]] = {}
-    for item in filter(None, (part.strip() for part in text.split(','))):
-        key, sep, value = item.partition('=')
-        key = key.strip()
-        if not sep or key not in RIG_KEYS:
-            raise ValueError(f"--rig-ranges: bad item {item!r} in {text!r}; expected 'key=lo:hi' with key in "
-                             f"({', '.join(RIG_KEYS)}), e.g. 'focal=0.9:1.1,height=-0.2:0.2,pitch=-2:2,roll=-1:1'")
-        if key in ranges:
-            raise ValueError(f'--rig-ranges: {key!r} given twice in {text!r}')
+    for key, value in _rig_items(text, '--rig-ranges', 'key=lo:hi',
+                                 'focal=0.9:1.1,height=-0.2:0.2,pitch=-2:2,roll=-1:1'):
         lo, colon, hi = value.partition(':')
         if not colon:
             raise ValueError(f"--rig-ranges: {key}={value!r} is not a range 'lo:hi' (in {text!r})")
