@@ -55,7 +55,7 @@ from sf3d.registry import TRANSFORMS
 from sf3d.structures import img_crop
 
 from .image import _images
-from .perturb import _cameras, _frames, _is_number, _triple, _with_lidar2cam, camera_delta, zoom_affine
+from .perturb import _cameras, _frames, _is_number, _per_axis, _triple, _with_lidar2cam, camera_delta, zoom_affine
 
 Pair = Union[float, Sequence[float]]
 Triple = Union[float, Sequence[float]]
@@ -85,19 +85,6 @@ def warp_homography(img: np.ndarray, h: np.ndarray) -> np.ndarray:
     behind = (w_row[0] * u[None, :] + w_row[1] * v[:, None] + w_row[2]) <= 0  # (H, W)
     out[behind] = 0
     return out
-
-
-def _pair(value: Pair, name: str, what: str) -> Tuple[float, float]:
-    """A number for both axes, or two numbers; finite and >= 0."""
-    try:
-        values = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        values = np.empty(0)
-    if values.ndim == 0:
-        values = np.full(2, float(values))
-    if values.shape != (2,) or not np.isfinite(values).all() or (values < 0).any():
-        raise ValueError(f'{name}: {what} must be one number or two numbers, finite and >= 0, got {value!r}')
-    return float(values[0]), float(values[1])
 
 
 def _zoom_range(value: Sequence[float], name: str) -> Tuple[float, float]:
@@ -142,7 +129,7 @@ class CameraRigAug:
                  rot_deg: Triple = (0.0, 0.0, 0.0), prob: float = 1.0):
         name = type(self).__name__
         self.zoom = _zoom_range(zoom, name)
-        self.shift = _pair(shift, name, 'shift (du, dv)')
+        self.shift = _per_axis(shift, 2, name, 'shift (du, dv)')
         self.rot_deg = _triple(rot_deg, name, 'rot_deg (roll, pitch, yaw)')
         if not (_is_number(prob) and 0 <= prob <= 1):
             raise ValueError(f'{name}: prob must be a number in [0, 1], got {prob!r}')

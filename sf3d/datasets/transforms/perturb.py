@@ -129,17 +129,23 @@ def _check_seed(seed: int, name: str) -> int:
     return int(seed)
 
 
-def _triple(value: Triple, name: str, what: str) -> Tuple[float, float, float]:
-    """A number for all three axes, or three numbers; finite and >= 0."""
+def _per_axis(value, count: int, name: str, what: str) -> Tuple[float, ...]:
+    """One number for all ``count`` axes, or ``count`` numbers; finite and >= 0."""
     try:
         values = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         values = np.empty(0)
     if values.ndim == 0:
-        values = np.full(3, float(values))
-    if values.shape != (3,) or not np.isfinite(values).all() or (values < 0).any():
-        raise ValueError(f'{name}: {what} must be one number or three numbers, finite and >= 0, got {value!r}')
+        values = np.full(count, float(values))
+    if values.shape != (count,) or not np.isfinite(values).all() or (values < 0).any():
+        words = {2: 'two', 3: 'three'}.get(count, str(count))
+        raise ValueError(f'{name}: {what} must be one number or {words} numbers, finite and >= 0, got {value!r}')
     return tuple(float(v) for v in values)
+
+
+def _triple(value: Triple, name: str, what: str) -> Tuple[float, float, float]:
+    """A number for all three axes, or three numbers; finite and >= 0."""
+    return _per_axis(value, 3, name, what)
 
 
 def zoom_affine(scale: float, center: Sequence[float]) -> torch.Tensor:
