@@ -373,29 +373,29 @@ def plan_runs(name: str, severities: Sequence[Severity], seeds: int) -> List[Run
     return runs
 
 
-def run_sweep(cfg: Config, name: str, severities: Sequence[Severity], seeds: int,
-              progress: bool = True) -> List[dict]:
-    """One sweep's rows (:func:`run_sweeps` with one sweep)."""
-    return run_sweeps(cfg, {name: severities}, seeds, progress)[name]
+def plan_sweeps(plan: Dict[str, Sequence[Severity]], seeds: int) -> List[Tuple[str, Run]]:
+    """(sweep, run) for one shared clean run (sweep ``clean``) and every sweep's perturbed runs
+    (:func:`plan_runs`)."""
+    runs: List[Tuple[str, Run]] = [(CLEAN, (CLEAN, 0, None, None))]
+    for name, severities in plan.items():
+        runs += [(name, run) for run in plan_runs(name, severities, seeds)[1:]]  # [0] is the clean run
+    return runs
 
 
-def run_sweeps(cfg: Config, plan: Dict[str, Sequence[Severity]], seeds: int,
-               progress: bool = True) -> Dict[str, List[dict]]:
-    """Run the clean evaluation once and every sweep's perturbed evaluations with one Runner. Returns per
-    sweep its rows, the clean one first: one dict per run (sweep, severity, seed, perturbation, data_root,
-    the METRICS and ``<metric>_rel_drop_pct`` against the shared clean run). A run on another data root
+def run_sweeps(cfg: Config, runs: Sequence[Tuple[str, Run]], progress: bool = True) -> Dict[str, List[dict]]:
+    """Run :func:`plan_sweeps`' runs with one Runner (the clean evaluation once). Returns per sweep its
+    rows, the clean one first: one dict per run (sweep, severity, seed, perturbation, data_root, the
+    METRICS and ``<metric>_rel_drop_pct`` against the shared clean run). A run on another data root
     gets that root's test dataset and a test evaluator built for it."""
     from tqdm import tqdm
-    runs = [(CLEAN, CLEAN, 0, None, None)]  # sweep, severity, seed, perturbation, data root
-    for name, severities in plan.items():
-        runs += [(name, *run) for run in plan_runs(name, severities, seeds)[1:]]  # [0] is the clean run
+    names = list(dict.fromkeys(name for name, _ in runs[1:]))
     runner = Runner.from_cfg(cfg)
     loop = runner.test_loop
     base_evaluator = loop.evaluator
     roots: Dict[Optional[str], Tuple[ConfigDict, object]] = {None: (copy.deepcopy(cfg.test_dataloader), None)}
     rows = []
-    bar = tqdm(runs, desc=f'camera ablation {"+".join(plan)}', unit='run', file=sys.stderr, disable=not progress)
-    for name, severity, seed, perturbation, data_root in bar:
+    bar = tqdm(runs, desc=f'camera ablation {"+".join(names)}', unit='run', file=sys.stderr, disable=not progress)
+    for name, (severity, seed, perturbation, data_root) in bar:
         if data_root not in roots:
             root_cfg = copy.deepcopy(cfg)
             set_data_root(root_cfg, data_root)
@@ -417,7 +417,7 @@ def run_sweeps(cfg: Config, plan: Dict[str, Sequence[Severity]], seeds: int,
         bar.set_postfix(sweep=name, severity=severity, seed=seed, NDS=f"{metrics['NDS']:.4f}")
     loop.evaluator = base_evaluator
     out = {}
-    for name in plan:
+    for name in names:
         out[name] = [dict(rows[0], sweep=name)] + [r for r in rows[1:] if r['sweep'] == name]
         add_relative_drops(out[name])
     return out
@@ -537,11 +537,9 @@ def main(argv=None) -> Dict[str, object]:
     """Run the sweeps; returns ``dict(sweeps={name: dict(rows, summary, csv, md, png)})``, and with one
     sweep also that sweep's ``rows, summary, csv, md, png`` at the top level."""
     args = parse_args(argv)
-    plan = parse_sweep_severities(args.sweep, args.severities)
-    for name, severities in plan.items():
-        plan_runs(name, severities, args.seeds)  # checks --seeds and the rig roots before any work
+    runs = plan_sweeps(parse_sweep_severities(args.sweep, args.severities), args.seeds)  # all checked before any work
     cfg = build_config(args)
-    results = run_sweeps(cfg, plan, args.seeds, progress=not args.no_progress)
+    results = run_sweeps(cfg, runs, progress=not args.no_progress)
     os.makedirs(args.out, exist_ok=True)
     out = {}
     for name, rows in results.items():
