@@ -10,7 +10,8 @@ so the ± std covers the training seeds (and the perturbation seeds of random sw
 then be in every one of the label's folders.
 
 For every sweep found in any DIR, writes one markdown table (a row per severity, per model the
-metric's mean ± std over seeds and its relative drop against that model's clean run) into ``OUT/<name>.md``, and one panel per sweep into ``OUT/<name>_<metric>.png`` (relative drop in
+metric's mean ± std over seeds and its relative drop against that model's clean run) into
+``OUT/<name>.md``, and one panel per sweep into ``OUT/<name>_<metric>.png`` (relative drop in
 percent against severity, one line or bar group per model; 0 at the sweep's neutral severity,
 where the clean run sits). Relative drops make models with different clean scores comparable.
 """

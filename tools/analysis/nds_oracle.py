@@ -50,13 +50,16 @@ TP_KEYS = (('mATE', 'trans_err'), ('mASE', 'scale_err'), ('mAOE', 'orient_err'),
 
 
 def _yaw(quaternion: Sequence[float]) -> float:
-    """Yaw (rad) of a (w, x, y, z) rotation about z (what the devkit's yaw_diff reads)."""
-    w, x, y, z = quaternion
-    return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+    """Yaw (rad) of a (w, x, y, z) rotation, as the devkit's yaw_diff reads it."""
+    from nuscenes.eval.common.utils import quaternion_yaw
+    from pyquaternion import Quaternion
+    return float(quaternion_yaw(Quaternion(quaternion)))
 
 
 def _yaw_quaternion(yaw: float) -> List[float]:
-    return [math.cos(yaw / 2.0), 0.0, 0.0, math.sin(yaw / 2.0)]
+    """(w, x, y, z) of a rotation by ``yaw`` (rad) about z."""
+    from pyquaternion import Quaternion
+    return [float(v) for v in Quaternion(axis=[0.0, 0.0, 1.0], angle=yaw).elements]
 
 
 def pair_with_gt(boxes: Sequence[dict], gt: Sequence, radius: float) -> List[Optional[object]]:

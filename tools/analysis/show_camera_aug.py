@@ -56,7 +56,9 @@ def draw(config: str, index: int, views: Sequence[int], seed: int, out: str, aug
 
     from sf3d.registry import DATASETS, TRANSFORMS
     from sf3d.structures import LiDARBoxes
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+    tools_dir = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    if tools_dir not in sys.path:
+        sys.path.insert(0, tools_dir)
     from visualize import camera_segments
 
     cfg = Config.fromfile(config)

@@ -77,8 +77,9 @@ class VelocityMatching(nn.Module):
     velocity (B, Q, 2) m/s the estimate so far, dt (B,) seconds back to the previous frame,
     key_fn (points (B, Q * K, 3) -> keys (B, Q * K, C_m))) -> (matched velocity (B, Q, 2),
     log-weights (B, Q, K), hypotheses (B, Q, K, 2) m/s)``: the softmax over the K hypotheses
-    ``velocity + dv_k`` of ``<W_q current, key_k> / sqrt(C_m)`` weighs their velocities. ``key_fn`` samples the previous frame's key map (:meth:`keys` of one FPN
-    level: C_m channels instead of C keep the K samples cheap) at ``ref - (velocity + dv_k) * dt``.
+    ``velocity + dv_k`` of ``<W_q current, key_k> / sqrt(C_m)`` weighs their velocities. ``key_fn``
+    samples the previous frame's key map (:meth:`keys` of one FPN level: C_m channels instead of C
+    keep the K samples cheap) at ``ref - (velocity + dv_k) * dt``.
     At ``dt = 0`` (no previous frame) every hypothesis samples the same point: the weights are
     uniform and the matched velocity is the estimate itself.
 
