@@ -106,10 +106,11 @@ from mmengine.model import BaseModel
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
-from sf3d.models.heads.box_coder import denormalize_points
+from sf3d.models.heads.box_coder import decode_boxes, denormalize_points
 from sf3d.models.heads.detr3d_head import DETR3DHead
 from sf3d.models.layers.camera_encoding import CameraConditioning, fourier_features
 from sf3d.models.layers.denoising import DenoisingQueries
+from sf3d.models.layers.motion import DenseMotion, motion_targets, motion_velocity
 from sf3d.models.layers.temporal import frame_time_deltas
 from sf3d.models.necks.fpn import FPN
 from sf3d.registry import MODELS
@@ -169,25 +170,24 @@ def _plucker(origins: Tensor, dirs: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def pixel_targets(boxes: Tensor, labels: Tensor, cameras: MultiViewCameras, feat_size: Sequence[int],
-                  stride: float) -> tuple[Tensor, Tensor]:
-    """Targets of the pixel supervision for ONE sample (module docstring).
+def box_cover(boxes: Tensor, cameras: MultiViewCameras, feat_size: Sequence[int], stride: float) -> tuple[Tensor, Tensor]:
+    """Which GT box each pixel of a feature map belongs to, for ONE sample: the nearest (by centre
+    depth) of the boxes whose projected rectangle holds the pixel centre; boxes with a corner behind
+    the camera are skipped.
 
     Args:
-        boxes: (G, 9) GT boxes ``[x, y, z_bottom, l, w, h, yaw, vx, vy]``; labels: (G,).
-        cameras: the sample's N_cam views; feat_size: (h, w) of the supervised feature map whose
-            pixel (i, j) is centred at input pixel ``((j + 0.5) * stride, (i + 0.5) * stride)``.
+        boxes: (G, 9) GT boxes ``[x, y, z_bottom, l, w, h, yaw, vx, vy]``.
+        cameras: the sample's N_cam views; feat_size: (h, w) of the feature map whose pixel (i, j)
+            is centred at input pixel ``((j + 0.5) * stride, (i + 0.5) * stride)``.
     Returns:
-        labels (N_cam, h, w) int64, -1 where no box covers the pixel; depths (N_cam, h, w) the
-        covering box's centre depth (camera z, metres; 0 where uncovered).
+        cover (N_cam, h, w) int64 box index, -1 where no box covers the pixel; centre_depth
+        (N_cam, G) each box centre's camera z (metres).
     """
     h, w = feat_size
-    N = cameras.num_cams
-    out_labels = torch.full((N, h, w), -1, dtype=torch.long, device=boxes.device)
-    out_depths = torch.zeros((N, h, w), dtype=torch.float32, device=boxes.device)
-    G = boxes.shape[0]
+    N, G = cameras.num_cams, boxes.shape[0]
     if G == 0:
-        return out_labels, out_depths
+        return (torch.full((N, h, w), -1, dtype=torch.long, device=boxes.device),
+                boxes.new_zeros((N, 0), dtype=torch.float32))
     lb = LiDARBoxes(boxes.float(), validate=False)
     pts = torch.cat([lb.corners, lb.gravity_center[:, None]], dim=1).reshape(G * 9, 3)  # (G * 9, 3)
     uv, depth = cameras.project(pts)  # (N, G * 9, 2), (N, G * 9)
@@ -202,9 +202,28 @@ def pixel_targets(boxes: Tensor, labels: Tensor, cameras: MultiViewCameras, feat
     centre_depth = depth[:, :, 8]  # (N, G)
     dmap = torch.where(cover, centre_depth[..., None, None], torch.full_like(centre_depth[..., None, None], float('inf')))
     nearest, idx = dmap.min(dim=1)  # (N, h, w) each
-    covered = torch.isfinite(nearest)
-    out_labels[covered] = labels[idx[covered]]
-    out_depths[covered] = nearest[covered]
+    return torch.where(torch.isfinite(nearest), idx, torch.full_like(idx, -1)), centre_depth
+
+
+@torch.no_grad()
+def pixel_targets(boxes: Tensor, labels: Tensor, cameras: MultiViewCameras, feat_size: Sequence[int],
+                  stride: float) -> tuple[Tensor, Tensor]:
+    """Targets of the pixel supervision for ONE sample (module docstring).
+
+    Args:
+        boxes: (G, 9) GT boxes ``[x, y, z_bottom, l, w, h, yaw, vx, vy]``; labels: (G,).
+        cameras, feat_size, stride: as in :func:`box_cover`.
+    Returns:
+        labels (N_cam, h, w) int64, -1 where no box covers the pixel; depths (N_cam, h, w) the
+        covering box's centre depth (camera z, metres; 0 where uncovered).
+    """
+    cover, centre_depth = box_cover(boxes, cameras, feat_size, stride)
+    covered = cover >= 0
+    out_labels = torch.full_like(cover, -1)
+    out_depths = torch.zeros(cover.shape, dtype=torch.float32, device=boxes.device)
+    out_labels[covered] = labels[cover[covered]]
+    cam = torch.arange(cover.shape[0], device=cover.device)[:, None, None].expand_as(cover)  # (N_cam, h, w)
+    out_depths[covered] = centre_depth[cam[covered], cover[covered]]
     return out_labels, out_depths
 
 
@@ -312,6 +331,10 @@ class MultiViewDetector(BaseModel):
         prev_frame_grad: with two frames, backpropagate through the previous frame's backbone and
             FPN as well; False (default) runs them without gradient (the current frame's pass
             trains the same weights, at about a third of the cost).
+        motion: keyword arguments of :class:`~sf3d.models.layers.motion.DenseMotion` (``radius``,
+            ``level``, loss weights, ...) turn on the dense two-frame motion (needs
+            ``num_frames=2``): supervised per pixel in training, and the velocity of every
+            predicted box seen by a camera is read from it; None (default) leaves it off.
         pretrained: path of a :class:`DensePretrainer` (or MultiViewDetector) checkpoint whose
             ``DENSE_PARTS`` this detector has, loaded by :meth:`init_weights` (module docstring);
             None (default) keeps the backbone's own ``init_cfg``.
@@ -325,7 +348,7 @@ class MultiViewDetector(BaseModel):
                  token_loss: Optional[dict] = None, pixel_loss: Optional[dict] = None,
                  num_select: Optional[int] = None, denoising: Optional[dict] = None,
                  global_queries: int = 0, token_offsets: bool = False, num_frames: int = 1,
-                 prev_frame_grad: bool = False, pretrained: Optional[str] = None,
+                 prev_frame_grad: bool = False, motion: Optional[dict] = None, pretrained: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.pretrained = pretrained
@@ -438,6 +461,10 @@ class MultiViewDetector(BaseModel):
         # built last: the other modules' random initialisation does not depend on the variant
         dims = self.backbone.embed_dims[0 if conditioning_at == 'input' else -1] if self.has_spatial_tokens else 0
         self.conditioning = CameraConditioning(conditioning, dims) if self.has_spatial_tokens else None
+        if motion is not None and (self.num_frames != 2 or motion.get('level', 0) >= self.neck.num_outs):
+            raise ValueError(f'MultiViewDetector: motion needs num_frames=2 and a level below the FPN\'s '
+                             f'{self.neck.num_outs}, got num_frames={num_frames}, motion={motion}')
+        self.motion = None if motion is None else DenseMotion(embed_dims=embed_dims, **motion)
 
     def init_weights(self) -> None:
         """mmengine's initialisation, then the ``DENSE_PARTS`` of ``pretrained`` (if set) over it."""
@@ -612,6 +639,9 @@ class MultiViewDetector(BaseModel):
         outputs.update(extra)
         if self.pixel_loss is not None and self.training:
             outputs['pixel_preds'] = self._pixel_outputs([f[:, :N] for f in feats])  # (B, N, K + 1, h, w)
+        if self.motion is not None:
+            level = feats[self.motion.level]  # (B, 2 * N, C, h, w)
+            outputs['motion'] = self.motion(level[:, :N], level[:, N:], self.feat_strides[self.motion.level])
         return outputs
 
     # ------------------------------------------------------------------ mmengine interface
@@ -659,9 +689,15 @@ class MultiViewDetector(BaseModel):
         outputs = self.forward_outputs(img, cameras, dn, frame_dt)
         if mode == 'tensor':
             return outputs
+        N = img.shape[1] // self.num_frames
         if mode == 'loss':
-            current = cameras.select(slice(0, img.shape[1] // self.num_frames))
-            return self.loss(outputs, data_samples, current, img.shape[-2:])
+            losses = self.loss(outputs, data_samples, cameras.select(slice(0, N)), img.shape[-2:])
+            if 'motion' in outputs:
+                boxes, _ = self._ground_truth(data_samples, img.device)
+                losses.update(self._motion_losses(outputs['motion'], boxes, cameras, frame_dt[:, 1]))
+            return losses
+        if 'motion' in outputs:
+            outputs = self._motion_velocities(outputs, cameras, frame_dt[:, 1], img.shape[-2:])
         preds = self.head.predict(outputs)
         tokens = data_samples.get('token', [None] * len(preds))
         return [dict(token=tok, pred_instances_3d=dict(bboxes_3d=LiDARBoxes(p['bboxes_3d'], validate=False),
@@ -720,6 +756,40 @@ class MultiViewDetector(BaseModel):
         tgt_labels, tgt_depths = (torch.stack(t) for t in zip(*targets))  # (B, N, h, w) each
         logits = preds[:, :, :-1].movedim(2, -1)  # (B, N, h, w, K)
         return self._dense_losses('pixel', self.pixel_loss, logits, preds[:, :, -1], tgt_labels, tgt_depths)
+
+    def _motion_losses(self, motion: dict, boxes: list[Tensor], cameras: MultiViewCameras, dt: Tensor) -> dict:
+        """Dense motion losses: targets from each sample's GT, current and previous views (2 N)."""
+        N = cameras.num_cams // 2
+        stride = self.feat_strides[self.motion.level]
+        targets = []
+        for i, b in enumerate(boxes):
+            cams = cameras.sample(i)
+            cover, _ = box_cover(b, cams.select(slice(0, N)), motion['flow'].shape[-2:], stride)
+            targets.append(motion_targets(LiDARBoxes(b, validate=False).gravity_center, b[:, 7:9], cover,
+                                          cams.select(slice(0, N)), cams.select(slice(N, None)), float(dt[i])))
+        flow, log_ratio, valid = (torch.stack(t) for t in zip(*targets))  # (B, N, h, w, 2), (B, N, h, w) x 2
+        return self.motion.loss(motion, flow, log_ratio, valid, stride)
+
+    def _motion_velocities(self, outputs: dict, cameras: MultiViewCameras, dt: Tensor,
+                           image_size: Sequence[int]) -> dict:
+        """The last layer's box codes with the velocity read from the dense motion where a current
+        view sees the box centre (:func:`~sf3d.models.layers.motion.motion_velocity`), and with
+        ``heading_speed`` the heading of boxes that drive backwards turned around."""
+        N = cameras.num_cams // 2
+        codes = outputs['all_bbox_preds'][-1].float()  # (B, Q, 10)
+        boxes = decode_boxes(codes)  # (B, Q, 9)
+        centres = torch.cat([boxes[..., :2], boxes[..., 2:3] + 0.5 * boxes[..., 5:6]], -1)  # (B, Q, 3) gravity
+        velocity, seen = motion_velocity(outputs['motion']['flow'], outputs['motion']['log_ratio'], centres,
+                                         cameras.select(slice(0, N)), cameras.select(slice(N, None)), dt, image_size)
+        velocity = torch.where(seen[..., None], velocity, codes[..., 8:])  # (B, Q, 2)
+        heading = codes[..., 6:8]  # (B, Q, 2) sin, cos
+        if self.motion.heading_speed is not None:  # turn boxes that drive backwards (motion module docstring)
+            direction = torch.stack([velocity[..., 1], velocity[..., 0]], -1)  # (sin, cos) of the motion, unnormalised
+            back = seen & (velocity.norm(dim=-1) > self.motion.heading_speed) & ((heading * direction).sum(-1) < 0)
+            heading = torch.where(back[..., None], -heading, heading)
+        codes = torch.cat([codes[..., :6], heading, velocity], -1)
+        all_preds = outputs['all_bbox_preds']
+        return dict(outputs, all_bbox_preds=torch.cat([all_preds[:-1], codes[None].to(all_preds.dtype)], 0))
 
     def _dense_losses(self, name: str, weights: dict, logits: Tensor, depths: Tensor, tgt_labels: Tensor,
                       tgt_depths: Tensor) -> dict:
