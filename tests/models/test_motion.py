@@ -46,6 +46,12 @@ def test_displacement_grid_and_correlation_against_numpy():
     np.testing.assert_allclose(out, expected, atol=1e-5)
     with pytest.raises(ValueError, match='one shape'):
         correlation(torch.zeros(1, 4, 5, 7), torch.zeros(1, 4, 5, 6), (1, 1))
+    # the previous features at the expected match: an integer displacement is a shift (zero off the map)
+    disp = torch.tensor([2.0, -1.0]).view(1, 2, 1, 1).expand(2, 2, 5, 7)
+    warped = DenseMotion._warp(torch.as_tensor(k).float(), disp).numpy()
+    shifted = np.zeros_like(k)
+    shifted[:, :, 1:, :-2] = k[:, :, :-1, 2:]  # warped(y, x) = k(y - 1, x + 2)
+    np.testing.assert_allclose(warped, shifted, atol=1e-5)
 
 
 BOXES = np.array([[10.0, 1.0, -1.6, 4.0, 1.8, 1.5, 0.2, 3.0, -1.0],   # front, moving
@@ -60,9 +66,14 @@ def test_motion_targets_against_numpy():
     centres = LiDARBoxes(boxes).gravity_center
     dt, stride = 0.5, 8.0
     cover, _ = box_cover(boxes, cur, (H // 8, W // 8), stride)
-    flow, log_ratio, valid = motion_targets(centres, boxes[:, 7:9], cover, cur, prev, dt)
-    assert flow.shape == (2, H // 8, W // 8, 2) and torch.equal(valid, cover >= 0)
-    assert valid[0].any() and valid[1].any()  # the car is seen in front, the pedestrian on the left
+    flow, log_ratio, weight = motion_targets(centres, boxes[:, 7:9], cover, cur, prev, dt)
+    assert flow.shape == (2, H // 8, W // 8, 2) and torch.equal(weight > 0, cover >= 0)
+    assert (cover[0] >= 0).any() and (cover[1] >= 0).any()  # the car is seen in front, the pedestrian on the left
+    for n in range(2):  # every box counts once per view
+        for g in range(2):
+            where = cover[n] == g
+            if where.any():
+                torch.testing.assert_close(weight[n][where], torch.full((int(where.sum()),), 1.0 / int(where.sum())))
     for n in range(2):
         for g in range(2):
             c = centres[g].double().numpy()
@@ -124,12 +135,17 @@ def test_dense_motion_learns_a_shift():
 
     before = errors().mean()
     for _ in range(150):
-        losses = motion.loss(motion(cur, prev, 8.0), flow_t, torch.zeros(1, 2, 10, 24), valid, 8.0)
+        losses = motion.loss(motion(cur, prev, 8.0), flow_t, torch.zeros(1, 2, 10, 24), valid.float(), 8.0)
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()
     after = errors()
     assert after.mean() < 0.15 < before and after.quantile(0.9) < 0.3, (before, after.mean(), after.quantile(0.9))
+    # targets outside the window (6 > r_x = 5 cells) or with |log ratio| > 1 are left out of every loss
+    out = motion(cur, prev, 8.0)
+    for flow, ratio in ((torch.tensor([6.0, 0.0]) * 8.0, 0.0), (target, 1.5)):
+        losses = motion.loss(out, flow.expand(1, 2, 10, 24, 2), torch.full((1, 2, 10, 24), ratio), valid.float(), 8.0)
+        assert all(v == 0 for v in losses.values()), losses
 
 
 def _batch(dt=(0.5, 0.0)):

@@ -767,8 +767,8 @@ class MultiViewDetector(BaseModel):
             cover, _ = box_cover(b, cams.select(slice(0, N)), motion['flow'].shape[-2:], stride)
             targets.append(motion_targets(LiDARBoxes(b, validate=False).gravity_center, b[:, 7:9], cover,
                                           cams.select(slice(0, N)), cams.select(slice(N, None)), float(dt[i])))
-        flow, log_ratio, valid = (torch.stack(t) for t in zip(*targets))  # (B, N, h, w, 2), (B, N, h, w) x 2
-        return self.motion.loss(motion, flow, log_ratio, valid, stride)
+        flow, log_ratio, weight = (torch.stack(t) for t in zip(*targets))  # (B, N, h, w, 2), (B, N, h, w) x 2
+        return self.motion.loss(motion, flow, log_ratio, weight, stride)
 
     def _motion_velocities(self, outputs: dict, cameras: MultiViewCameras, dt: Tensor,
                            image_size: Sequence[int]) -> dict:

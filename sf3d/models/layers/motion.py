@@ -13,15 +13,23 @@ targets):
   frames is mostly horizontal: on the synthetic demo set (416 px wide), GT centres move 17 px
   (median) and 103 px (90th percentile), and 95 % of them less than 9 px vertically.
 - **Flow and scale.** Per pixel, the softmax over the displacements gives an expected
-  displacement. A small conv on the match probabilities and the current features refines it into
-  the flow (input pixels, current -> previous image) and gives the log ratio of the previous to the
-  current depth: motion along the viewing ray changes an object's scale, not its position.
+  displacement. A small conv on the match probabilities, the current features and the previous
+  features sampled at the expected displacement refines it into the flow (input pixels, current ->
+  previous image) and gives the log ratio of the previous to the current depth: motion along the
+  viewing ray changes an object's scale, not its position, and the two frames' features at the
+  match carry what each frame shows of it (the pixel supervision trains them to encode depth).
 - **Targets** (:func:`motion_targets`). Every pixel inside a GT box's projected rectangle (the
   nearest box, as in the pixel supervision) takes that box's centre motion:
   ``flow = project_prev(c - v dt) - project_cur(c)`` and ``log(z_prev / z_cur)``. The previous
   cameras carry the ego motion, so the flow holds ego and object motion together and the target
   needs no per-pixel depth. A sample without a previous frame (``dt = 0``, its views repeated) has
   zero flow and ratio, which is what its two identical frames show.
+- **Weights.** Each pixel weighs ``1 / (pixels of its box in that view)``, so that every object
+  in every view counts once: near objects cover most pixels, and it is they that move most in the
+  image (the ego's own motion makes a parallax of hundreds of pixels on the side views). Pixels
+  whose target leaves the correlation window, or whose depth ratio exceeds e (an object passing
+  the camera), are left out: no match in the window can explain them. Measured per pixel on the
+  demo set, 40 % of the covered pixels move more than 128 px, against 10 % of the box centres.
 - **Velocity** (:func:`motion_velocity`). A box centre ``c`` projects to ``u`` at depth ``z`` in a
   current view; its centre was at pixel ``u + flow(u)``, depth ``z exp(ratio(u))``, in that view's
   previous camera. Unprojecting gives ``c_prev`` (current LiDAR frame) and ``v = (c - c_prev)_xy / dt``,
@@ -48,7 +56,7 @@ from sf3d.structures import MultiViewCameras
 
 from .temporal import matching_loss
 
-__all__ = ['DenseMotion', 'correlation', 'displacement_grid', 'motion_targets', 'motion_velocity']
+__all__ = ['DenseMotion', 'correlation', 'displacement_grid', 'motion_targets', 'motion_velocity', 'sample_motion']
 
 
 def displacement_grid(radius: Sequence[int]) -> Tensor:
@@ -111,7 +119,7 @@ class DenseMotion(nn.Module):
         K = self.displacements.shape[0]
         self.proj = nn.Conv2d(embed_dims, match_dims, 1)
         self.scale = 10.0 * math.sqrt(match_dims)  # correlation() divides by sqrt(C_m): cosine x 10
-        self.refine = nn.Sequential(nn.Conv2d(K + match_dims, hidden, 3, padding=1), nn.ReLU(inplace=True),
+        self.refine = nn.Sequential(nn.Conv2d(K + 2 * match_dims, hidden, 3, padding=1), nn.ReLU(inplace=True),
                                     nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(inplace=True),
                                     nn.Conv2d(hidden, 3, 1))
         nn.init.zeros_(self.refine[-1].weight)  # starts at the expected displacement and ratio 1
@@ -127,26 +135,39 @@ class DenseMotion(nn.Module):
         logits = correlation(q, k, self.radius) * self.scale  # (B * N, K, h, w)
         prob = logits.float().softmax(1)  # (B * N, K, h, w)
         expected = torch.einsum('mkhw,kc->mchw', prob, self.displacements)  # (B * N, 2, h, w) cells
-        r = self.refine(torch.cat([prob.to(q.dtype), q], 1)).float()  # (B * N, 3, h, w)
+        matched = self._warp(k, expected)  # (B * N, C_m, h, w) the previous frame at the expected match
+        r = self.refine(torch.cat([prob.to(q.dtype), q, matched], 1)).float()  # (B * N, 3, h, w)
         flow = (expected + r[:, :2]) * float(stride)  # (B * N, 2, h, w) pixels
         return dict(logits=logits.unflatten(0, (B, N)), flow=flow.unflatten(0, (B, N)),
                     log_ratio=r[:, 2].unflatten(0, (B, N)))
 
-    def loss(self, out: dict, flow: Tensor, log_ratio: Tensor, valid: Tensor, stride: float) -> dict:
+    @staticmethod
+    def _warp(feat: Tensor, disp: Tensor) -> Tensor:
+        """feat (M, C, h, w) bilinearly sampled at every cell + disp (M, 2, h, w) cells (dx, dy)."""
+        h, w = feat.shape[-2:]
+        ys, xs = torch.meshgrid(torch.arange(h, device=feat.device, dtype=torch.float32),
+                                torch.arange(w, device=feat.device, dtype=torch.float32), indexing='ij')
+        x = (xs + disp[:, 0] + 0.5) * (2.0 / w) - 1.0  # (M, h, w) grid_sample coordinates
+        y = (ys + disp[:, 1] + 0.5) * (2.0 / h) - 1.0
+        return F.grid_sample(feat, torch.stack([x, y], -1).to(feat.dtype), align_corners=False)
+
+    def loss(self, out: dict, flow: Tensor, log_ratio: Tensor, weight: Tensor, stride: float) -> dict:
         """Losses against :func:`motion_targets` stacked over the batch: flow (B, N, h, w, 2) pixels,
-        log_ratio (B, N, h, w), valid (B, N, h, w) bool; each normalised by the number of valid pixels."""
-        num = max(int(valid.sum()), 1)
-        target = flow[valid] / float(stride)  # (P, 2) cells
-        log_w = out['logits'].float().movedim(2, -1)[valid].log_softmax(-1)  # (P, K)
+        log_ratio (B, N, h, w), weight (B, N, h, w); pixels whose target leaves the window or whose
+        |log ratio| exceeds 1 are left out (module docstring). Each loss is a weighted mean."""
         ry, rx = self.radius
-        inside = (target[:, 0].abs() <= rx + 0.5) & (target[:, 1].abs() <= ry + 0.5)  # (P,)
-        hyp = self.displacements.expand(int(inside.sum()), -1, -1)  # (P_in, K, 2)
-        match = matching_loss(log_w[inside], hyp, target[inside], self.sigma).sum()
-        pred = out['flow'].float().movedim(2, -1)[valid] / float(stride)  # (P, 2) cells
-        return {'motion.loss_match': self.weights['match'] * match / num,
-                'motion.loss_flow': self.weights['flow'] * (pred - target).abs().sum() / num,
-                'motion.loss_ratio': self.weights['ratio'] * (out['log_ratio'].float()[valid]
-                                                              - log_ratio[valid]).abs().sum() / num}
+        cells = flow / float(stride)  # (B, N, h, w, 2)
+        keep = ((weight > 0) & (cells[..., 0].abs() <= rx) & (cells[..., 1].abs() <= ry)
+                & (log_ratio.abs() <= 1.0))  # (B, N, h, w)
+        w, target = weight[keep], cells[keep]  # (P,), (P, 2) cells
+        num = w.sum().clamp(min=1.0)
+        log_w = out['logits'].float().movedim(2, -1)[keep].log_softmax(-1)  # (P, K)
+        match = matching_loss(log_w, self.displacements.expand(w.shape[0], -1, -1), target, self.sigma)  # (P,)
+        pred = out['flow'].float().movedim(2, -1)[keep] / float(stride)  # (P, 2) cells
+        ratio = (out['log_ratio'].float()[keep] - log_ratio[keep]).abs()  # (P,)
+        return {'motion.loss_match': self.weights['match'] * (w * match).sum() / num,
+                'motion.loss_flow': self.weights['flow'] * (w * (pred - target).abs().sum(-1)).sum() / num,
+                'motion.loss_ratio': self.weights['ratio'] * (w * ratio).sum() / num}
 
 
 @torch.no_grad()
@@ -160,14 +181,14 @@ def motion_targets(centres: Tensor, velocity: Tensor, cover: Tensor, cur: MultiV
         cur, prev: the sample's N current views and the same N views of the previous frame
             (expressed from the current LiDAR frame); dt: seconds back to the previous frame.
     Returns:
-        flow (N, h, w, 2) pixels, log_ratio (N, h, w), valid (N, h, w) bool: covered by a box
-        whose centre is in front of both cameras.
+        flow (N, h, w, 2) pixels, log_ratio (N, h, w), weight (N, h, w): ``1 / (pixels of the
+        covering box in that view)`` where the box's centre is in front of both cameras, else 0.
     """
     N, h, w = cover.shape
     G = centres.shape[0]
     if G == 0:
-        return cover.new_zeros((N, h, w, 2), dtype=torch.float32), cover.new_zeros((N, h, w), dtype=torch.float32), \
-            cover >= 0
+        zeros = cover.new_zeros((N, h, w), dtype=torch.float32)
+        return zeros[..., None].expand(-1, -1, -1, 2).clone(), zeros, zeros.clone()
     c = centres.float()
     moved = c - torch.cat([velocity.float(), velocity.new_zeros(G, 1, dtype=torch.float32)], -1) * float(dt)
     uv1, z1 = cur.project(c)  # (N, G, 2), (N, G)
@@ -177,8 +198,22 @@ def motion_targets(centres: Tensor, velocity: Tensor, cover: Tensor, cur: MultiV
                          ok[..., None].float()], -1)  # (N, G, 4)
     idx = cover.clamp(min=0).flatten(1)  # (N, h * w)
     maps = per_box.gather(1, idx[..., None].expand(-1, -1, 4)).view(N, h, w, 4)
-    valid = (cover >= 0) & (maps[..., 3] > 0)
-    return maps[..., :2], maps[..., 2], valid
+    valid = (cover >= 0) & (maps[..., 3] > 0)  # (N, h, w)
+    pixels = torch.zeros(N, G + 1, device=cover.device).scatter_add_(
+        1, torch.where(cover >= 0, cover, G).flatten(1), torch.ones(N, h * w, device=cover.device))  # (N, G + 1)
+    weight = torch.where(valid, 1.0 / pixels.gather(1, idx).view(N, h, w).clamp(min=1.0), torch.zeros_like(maps[..., 3]))
+    return maps[..., :2], maps[..., 2], weight
+
+
+def sample_motion(flow: Tensor, log_ratio: Tensor, uv: Tensor, image_size: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """The motion maps read at pixels: flow (B, N, 2, h, w), log_ratio (B, N, h, w) covering the padded
+    input of size (H, W); uv (B, N, Q, 2) input pixels -> flow (B, N, Q, 2) pixels, log_ratio (B, N, Q)
+    (bilinear, zero outside the image)."""
+    H, W = (float(s) for s in image_size)
+    grid = (uv.float() * uv.new_tensor([2.0 / W, 2.0 / H]) - 1.0).flatten(0, 1)[:, :, None]  # (B * N, Q, 1, 2)
+    maps = torch.cat([flow.float(), log_ratio.float()[:, :, None]], 2).flatten(0, 1)  # (B * N, 3, h, w)
+    s = F.grid_sample(maps, grid, align_corners=False).squeeze(-1).unflatten(0, uv.shape[:2])  # (B, N, 3, Q)
+    return s[:, :, :2].transpose(-1, -2), s[:, :, 2]
 
 
 def motion_velocity(flow: Tensor, log_ratio: Tensor, centres: Tensor, cur: MultiViewCameras,
@@ -194,16 +229,11 @@ def motion_velocity(flow: Tensor, log_ratio: Tensor, centres: Tensor, cur: Multi
         velocity (B, Q, 2) m/s (0 where unseen), seen (B, Q) bool: some current view sees the
         centre (in front, inside the image) and dt > 0.
     """
-    H, W = (float(s) for s in image_size)
     pts = centres.float()
     uv1, z1 = cur.project(pts)  # (B, N, Q, 2), (B, N, Q)
-    seen = cur.in_image(uv1, z1, (H, W)) & (z1 > 0.1) & (dt > 0)[:, None, None]  # (B, N, Q)
-    grid = (uv1 * uv1.new_tensor([2.0 / W, 2.0 / H]) - 1.0).flatten(0, 1)[:, :, None]  # (B * N, Q, 1, 2)
-    maps = torch.cat([flow.float(), log_ratio.float()[:, :, None]], 2).flatten(0, 1)  # (B * N, 3, h, w)
-    s = F.grid_sample(maps, grid, align_corners=False).squeeze(-1).unflatten(0, uv1.shape[:2])  # (B, N, 3, Q)
-    uv0 = uv1 + s[:, :, :2].transpose(-1, -2)  # (B, N, Q, 2)
-    z0 = z1 * s[:, :, 2].exp()  # (B, N, Q)
-    before = prev.unproject(uv0, z0)  # (B, N, Q, 3) current LiDAR frame
+    seen = cur.in_image(uv1, z1, tuple(image_size)) & (z1 > 0.1) & (dt > 0)[:, None, None]  # (B, N, Q)
+    f, r = sample_motion(flow, log_ratio, uv1, image_size)  # (B, N, Q, 2), (B, N, Q)
+    before = prev.unproject(uv1 + f, z1 * r.exp())  # (B, N, Q, 3) current LiDAR frame
     v = (pts[:, None] - before)[..., :2] / dt.float().clamp(min=1e-3)[:, None, None, None]  # (B, N, Q, 2)
     weight = seen.float()[..., None]  # (B, N, Q, 1)
     return (v * weight).sum(1) / weight.sum(1).clamp(min=1.0), seen.any(1)
