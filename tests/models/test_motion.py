@@ -176,6 +176,15 @@ def test_detector_with_motion_trains_and_reads_velocity_from_it():
     assert not torch.allclose(new[0, :, 8:], codes[0, :, 8:])  # dt 0.5: read from the motion maps
     torch.testing.assert_close(new[1, :, 8:], codes[1, :, 8:])  # dt 0: the regressed velocity stays
     assert all(torch.isfinite(p['pred_instances_3d']['bboxes_3d'].tensor).all() for p in preds)
+    for got, ref in zip(preds, det.head.predict(read)):  # predict reads the velocity from the motion
+        torch.testing.assert_close(got['pred_instances_3d']['bboxes_3d'].tensor, ref['bboxes_3d'])
+    # read_velocity=False: the motion is only a loss, the predictions keep the regressed velocity
+    det.motion.read_velocity = False
+    with torch.no_grad():
+        kept = det(inputs, samples, mode='predict')
+    expected = det.head.predict(out)
+    for got, ref in zip(kept, expected):
+        torch.testing.assert_close(got['pred_instances_3d']['bboxes_3d'].tensor, ref['bboxes_3d'])
 
 
 def test_heading_from_motion_turns_only_boxes_driving_backwards():

@@ -696,7 +696,7 @@ class MultiViewDetector(BaseModel):
                 boxes, _ = self._ground_truth(data_samples, img.device)
                 losses.update(self._motion_losses(outputs['motion'], boxes, cameras, frame_dt[:, 1]))
             return losses
-        if 'motion' in outputs:
+        if 'motion' in outputs and self.motion.read_velocity:
             outputs = self._motion_velocities(outputs, cameras, frame_dt[:, 1], img.shape[-2:])
         preds = self.head.predict(outputs)
         tokens = data_samples.get('token', [None] * len(preds))

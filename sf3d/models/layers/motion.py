@@ -93,6 +93,8 @@ class DenseMotion(nn.Module):
         embed_dims: C; match_dims: C_m of the shared projection; radius: (r_y, r_x) cells of the
             correlation window; hidden: channels of the refinement conv; level: the FPN level
             (index into the detector's levels) that is matched.
+        read_velocity: at prediction, the boxes' velocity is read from the motion maps (True) or
+            stays the head's regression (False: the dense motion is only an auxiliary loss).
         heading_speed: at prediction, turn by 180° the boxes faster than this (m/s) whose heading
             points against their velocity (module docstring); None leaves headings alone.
         match_weight, flow_weight, ratio_weight: loss weights of the match cross-entropy (against
@@ -101,7 +103,8 @@ class DenseMotion(nn.Module):
     """
 
     def __init__(self, *, embed_dims: int = 256, match_dims: int = 32, radius: Sequence[int] = (1, 16),
-                 hidden: int = 64, level: int = 0, heading_speed: Optional[float] = None, match_weight: float = 1.0, flow_weight: float = 0.1,
+                 hidden: int = 64, level: int = 0, read_velocity: bool = True,
+                 heading_speed: Optional[float] = None, match_weight: float = 1.0, flow_weight: float = 0.1,
                  ratio_weight: float = 1.0, sigma: float = 0.5):
         super().__init__()
         if len(radius) != 2 or any(int(r) != r or r < 0 for r in radius):
@@ -111,6 +114,7 @@ class DenseMotion(nn.Module):
         if heading_speed is not None and not heading_speed >= 0:
             raise ValueError(f'DenseMotion: heading_speed must be None or >= 0 m/s, got {heading_speed}')
         self.heading_speed = None if heading_speed is None else float(heading_speed)
+        self.read_velocity = bool(read_velocity)
         self.radius = (int(radius[0]), int(radius[1]))
         self.level = int(level)
         self.weights = dict(match=float(match_weight), flow=float(flow_weight), ratio=float(ratio_weight))
