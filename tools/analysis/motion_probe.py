@@ -23,7 +23,6 @@ above 1 m/s) and static. Reading at the GT centre leaves the detector's centre e
 from __future__ import annotations
 
 import argparse
-import os
 import os.path as osp
 import sys
 from typing import Dict, List, Sequence, Tuple
@@ -31,7 +30,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from query_coverage import coverage_dataset_cfg, parse_entry  # noqa: E402
+from query_coverage import coverage_dataset_cfg, emit, parse_entry, runs_parser  # noqa: E402
 
 VARIANTS = ('predicted', 'gt_ratio', 'gt_flow', 'zero')
 MOVING = 1.0  # m/s: GT speed above which a box counts as moving
@@ -117,25 +116,14 @@ def table(rows: Sequence[Tuple[str, dict]]) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Velocity errors of the dense two-frame motion (module docstring)')
-    parser.add_argument('runs', nargs='+', help='LABEL=WORK_DIR or LABEL=CHECKPOINT (a checkpoint in a work dir)')
-    parser.add_argument('--split', default='val', choices=('val', 'test'), help='dataloader whose dataset is used')
-    parser.add_argument('--out', default=None, help='also write the table to this markdown file')
-    parser.add_argument('--no-progress', action='store_true', help='hide the progress bars')
-    return parser.parse_args(argv)
+    return runs_parser('Velocity errors of the dense two-frame motion (module docstring)').parse_args(argv)
 
 
 def main(argv=None) -> str:
     args = parse_args(argv)
-    entries: List[Tuple[str, str, str]] = [parse_entry(text) for text in args.runs]
-    text = table([(label, measure(config, checkpoint, args.split, not args.no_progress))
-                  for label, config, checkpoint in entries])
-    print(text, end='')
-    if args.out:
-        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-        with open(args.out, 'w') as f:
-            f.write(text)
-    return text
+    entries: List[Tuple[str, str, str]] = [parse_entry(text) for text in args.runs]  # all checked first
+    return emit(table([(label, measure(config, checkpoint, args.split, not args.no_progress))
+                       for label, config, checkpoint in entries]), args.out)
 
 
 if __name__ == '__main__':

@@ -25,7 +25,7 @@ import copy
 import os
 import os.path as osp
 import sys
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -141,18 +141,35 @@ def table(rows: Sequence[Tuple[str, dict]], thresholds: Sequence[float], top: in
     return '\n'.join(lines) + '\n'
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Query coverage of trained multi-view detectors (module docstring)')
+def runs_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments of a tool that measures trained runs: ``LABEL=RUN`` entries, --split, --out,
+    --no-progress."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument('runs', nargs='+', help='LABEL=WORK_DIR or LABEL=CHECKPOINT (a checkpoint in a work dir)')
     parser.add_argument('--split', default='val', choices=('val', 'test'), help='dataloader whose dataset is used')
-    parser.add_argument('--thresholds', type=float, nargs='+', default=(1.0, 2.0, 4.0), help='metres (BEV)')
-    parser.add_argument('--top', type=int, default=100, help='final centres of the N highest-scoring queries')
     parser.add_argument('--out', default=None, help='also write the table to this markdown file')
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bars')
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = runs_parser('Query coverage of trained multi-view detectors (module docstring)')
+    parser.add_argument('--thresholds', type=float, nargs='+', default=(1.0, 2.0, 4.0), help='metres (BEV)')
+    parser.add_argument('--top', type=int, default=100, help='final centres of the N highest-scoring queries')
     args = parser.parse_args(argv)
     if args.top < 1 or any(t <= 0 for t in args.thresholds):
         parser.error(f'--top must be >= 1 and --thresholds > 0, got {args.top} and {args.thresholds}')
     return args
+
+
+def emit(text: str, out: Optional[str]) -> str:
+    """Print a table and, with ``out``, also write it there (folders created); returns it."""
+    print(text, end='')
+    if out:
+        os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
+        with open(out, 'w') as f:
+            f.write(text)
+    return text
 
 
 def main(argv=None) -> str:
@@ -160,13 +177,7 @@ def main(argv=None) -> str:
     entries = [parse_entry(text) for text in args.runs]  # every entry checked before the first model runs
     rows = [(label, measure(config, checkpoint, args.split, args.top, not args.no_progress))
             for label, config, checkpoint in entries]
-    text = table(rows, args.thresholds, args.top)
-    print(text, end='')
-    if args.out:
-        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-        with open(args.out, 'w') as f:
-            f.write(text)
-    return text
+    return emit(table(rows, args.thresholds, args.top), args.out)
 
 
 if __name__ == '__main__':
