@@ -9,7 +9,8 @@ import torch
 from detector_utils import H, W, batched_cameras, build, camera, rig, samples_for, single_thread_fixture
 
 from sf3d.models.detectors.multiview_detector import box_cover
-from sf3d.models.layers.motion import DenseMotion, correlation, displacement_grid, motion_targets, motion_velocity
+from sf3d.models.layers.motion import (DenseMotion, correlation, displacement_grid, motion_targets, motion_velocity,
+                                      static_flow)
 from sf3d.structures import LiDARBoxes
 
 one_thread = single_thread_fixture()
@@ -207,6 +208,61 @@ def test_heading_from_motion_turns_only_boxes_driving_backwards():
     torch.testing.assert_close(turned[..., 6:8][~back], plain[..., 6:8][~back])
     with pytest.raises(ValueError, match='heading_speed'):
         DenseMotion(embed_dims=8, heading_speed=-1.0)
+
+
+def test_static_flow_against_numpy():
+    """Each map pixel unprojected at its depth through the current camera and projected through
+    the previous one (numpy), in cells."""
+    (k1, m1), (k0, m0) = _rigs()
+    both = (np.concatenate([k1, k0]), np.concatenate([m1, m0]))
+    cams = batched_cameras(both)
+    depth = torch.rand(1, 2, 4, 6) * 20 + 2
+    got = static_flow(depth, cams.select(slice(0, 2)), cams.select(slice(2, None)), 16.0).numpy()
+    assert got.shape == (1, 2, 2, 4, 6)
+    for n in range(2):
+        for i in range(4):
+            for j in range(6):
+                uv = np.array([(j + 0.5) * 16, (i + 0.5) * 16])
+                z = float(depth[0, n, i, j])
+                cam = np.linalg.inv(k1[n]) @ np.r_[uv, 1.0] * z
+                point = np.linalg.inv(m1[n]) @ np.r_[cam, 1.0]
+                before = m0[n] @ point
+                uv0 = (k0[n] @ before[:3])[:2] / before[2]
+                np.testing.assert_allclose(got[0, n, :, i, j], (uv0 - uv) / 16.0, atol=1e-3)
+
+
+def test_static_warp_centres_the_window():
+    """With static_warp the window is centred on the pixel-depth static flow: the match is scored
+    relative to it and the flow includes it."""
+    with pytest.raises(ValueError, match='static_warp=True needs pixel_loss'):
+        build(num_cams=2, num_frames=2, motion=dict(static_warp=True))
+    det = build(num_cams=2, num_frames=2, token_loss=dict(), pixel_loss=dict(),
+                motion=dict(radius=(1, 2), static_warp=True))
+    inputs, samples = _batch()
+    det.train()
+    losses = det(inputs, samples, mode='loss')
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert det.motion.proj.weight.grad.abs().sum() > 0
+    det.eval()
+    with torch.no_grad():
+        out = det(inputs, samples, mode='tensor')['motion']
+    assert out['centre'].abs().sum() > 0  # the ego moved 2.5 m: the static world moves in the image
+    torch.manual_seed(0)
+    motion = DenseMotion(embed_dims=8, match_dims=4, radius=(1, 2), hidden=4)
+    cur, prev = torch.randn(1, 1, 8, 5, 7), torch.randn(1, 1, 8, 5, 7)
+    shift = torch.tensor([2.0, 1.0]).view(1, 1, 2, 1, 1).expand(1, 1, 2, 5, 7)
+    with torch.no_grad():
+        plain, moved = motion(cur, prev, 16.0), motion(cur, prev, 16.0, shift)
+        q = torch.nn.functional.normalize(motion.proj(cur[0]), dim=1)
+        k = torch.nn.functional.normalize(motion.proj(prev[0]), dim=1)
+    expected = correlation(q, DenseMotion._warp(k, shift[0]), (1, 2)) * motion.scale
+    torch.testing.assert_close(moved['logits'][0], expected)
+    assert not torch.allclose(moved['logits'], plain['logits'])
+    # the refinement starts at zero: the flow is the centre plus the expected displacement, in pixels
+    prob = expected.softmax(1)
+    soft = torch.einsum('mkhw,kc->mchw', prob, motion.displacements)
+    torch.testing.assert_close(moved['flow'][0], (shift[0] + soft) * 16.0)
 
 
 def test_motion_errors():

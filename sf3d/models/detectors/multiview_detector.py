@@ -110,7 +110,7 @@ from sf3d.models.heads.box_coder import decode_boxes, denormalize_points
 from sf3d.models.heads.detr3d_head import DETR3DHead
 from sf3d.models.layers.camera_encoding import CameraConditioning, fourier_features
 from sf3d.models.layers.denoising import DenoisingQueries
-from sf3d.models.layers.motion import DenseMotion, motion_targets, motion_velocity
+from sf3d.models.layers.motion import DenseMotion, motion_targets, motion_velocity, static_flow
 from sf3d.models.layers.temporal import frame_time_deltas
 from sf3d.models.necks.fpn import FPN
 from sf3d.registry import MODELS
@@ -464,6 +464,9 @@ class MultiViewDetector(BaseModel):
         if motion is not None and (self.num_frames != 2 or motion.get('level', 0) >= self.neck.num_outs):
             raise ValueError(f'MultiViewDetector: motion needs num_frames=2 and a level below the FPN\'s '
                              f'{self.neck.num_outs}, got num_frames={num_frames}, motion={motion}')
+        if motion is not None and motion.get('static_warp') and self.pixel_loss is None:
+            raise ValueError('MultiViewDetector: motion static_warp=True needs pixel_loss (its pixel depth places '
+                             'the static world in the previous frame)')
         self.motion = None if motion is None else DenseMotion(embed_dims=embed_dims, **motion)
 
     def init_weights(self) -> None:
@@ -640,8 +643,14 @@ class MultiViewDetector(BaseModel):
         if self.pixel_loss is not None and self.training:
             outputs['pixel_preds'] = self._pixel_outputs([f[:, :N] for f in feats])  # (B, N, K + 1, h, w)
         if self.motion is not None:
-            level = feats[self.motion.level]  # (B, 2 * N, C, h, w)
-            outputs['motion'] = self.motion(level[:, :N], level[:, N:], self.feat_strides[self.motion.level])
+            level, stride = feats[self.motion.level], self.feat_strides[self.motion.level]  # (B, 2 * N, C, h, w)
+            static = None
+            if self.motion.static_warp:  # the pixel depth, at the motion level, without gradient
+                depth = self.pixel_head(feats[0][:, :N].flatten(0, 1).detach())[:, -1:]  # (B * N, 1, h0, w0)
+                depth = nn.functional.interpolate(depth, size=level.shape[-2:], mode='bilinear', align_corners=False)
+                static = static_flow(depth[:, 0].unflatten(0, (B, N)).clamp(min=1.0), cameras,
+                                     all_cameras.select(slice(N, None)), stride)  # (B, N, 2, h, w) cells
+            outputs['motion'] = self.motion(level[:, :N], level[:, N:], stride, static)
         return outputs
 
     # ------------------------------------------------------------------ mmengine interface

@@ -56,7 +56,8 @@ from sf3d.structures import MultiViewCameras
 
 from .temporal import matching_loss
 
-__all__ = ['DenseMotion', 'correlation', 'displacement_grid', 'motion_targets', 'motion_velocity', 'sample_motion']
+__all__ = ['DenseMotion', 'correlation', 'displacement_grid', 'motion_targets', 'motion_velocity', 'sample_motion',
+           'static_flow']
 
 
 def displacement_grid(radius: Sequence[int]) -> Tensor:
@@ -93,6 +94,9 @@ class DenseMotion(nn.Module):
         embed_dims: C; match_dims: C_m of the shared projection; radius: (r_y, r_x) cells of the
             correlation window; hidden: channels of the refinement conv; level: the FPN level
             (index into the detector's levels) that is matched.
+        static_warp: centre the correlation window on each pixel's static-world flow
+            (:func:`static_flow` of the detector's pixel depth; module docstring) instead of on
+            the pixel itself; needs the detector's pixel supervision.
         read_velocity: at prediction, the boxes' velocity is read from the motion maps (True) or
             stays the head's regression (False: the dense motion is only an auxiliary loss).
         heading_speed: at prediction, turn by 180° the boxes faster than this (m/s) whose heading
@@ -103,7 +107,7 @@ class DenseMotion(nn.Module):
     """
 
     def __init__(self, *, embed_dims: int = 256, match_dims: int = 32, radius: Sequence[int] = (1, 16),
-                 hidden: int = 64, level: int = 0, read_velocity: bool = True,
+                 hidden: int = 64, level: int = 0, static_warp: bool = False, read_velocity: bool = True,
                  heading_speed: Optional[float] = None, match_weight: float = 1.0, flow_weight: float = 0.1,
                  ratio_weight: float = 1.0, sigma: float = 0.5):
         super().__init__()
@@ -115,6 +119,7 @@ class DenseMotion(nn.Module):
             raise ValueError(f'DenseMotion: heading_speed must be None or >= 0 m/s, got {heading_speed}')
         self.heading_speed = None if heading_speed is None else float(heading_speed)
         self.read_velocity = bool(read_velocity)
+        self.static_warp = bool(static_warp)
         self.radius = (int(radius[0]), int(radius[1]))
         self.level = int(level)
         self.weights = dict(match=float(match_weight), flow=float(flow_weight), ratio=float(ratio_weight))
@@ -129,21 +134,22 @@ class DenseMotion(nn.Module):
         nn.init.zeros_(self.refine[-1].weight)  # starts at the expected displacement and ratio 1
         nn.init.zeros_(self.refine[-1].bias)
 
-    def forward(self, cur: Tensor, prev: Tensor, stride: float) -> dict:
+    def forward(self, cur: Tensor, prev: Tensor, stride: float, static: Optional[Tensor] = None) -> dict:
         if cur.shape != prev.shape or cur.dim() != 5:
             raise ValueError(f'DenseMotion: expected cur and prev of one shape (B, N, C, h, w), '
                              f'got {tuple(cur.shape)} and {tuple(prev.shape)}')
         B, N = cur.shape[:2]
         q, k = self.proj(cur.flatten(0, 1)), self.proj(prev.flatten(0, 1))  # (B * N, C_m, h, w) each
         q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
-        logits = correlation(q, k, self.radius) * self.scale  # (B * N, K, h, w)
-        prob = logits.float().softmax(1)  # (B * N, K, h, w)
-        expected = torch.einsum('mkhw,kc->mchw', prob, self.displacements)  # (B * N, 2, h, w) cells
+        centre = torch.zeros_like(q[:, :2], dtype=torch.float32) if static is None else static.flatten(0, 1).float()
+        logits = correlation(q, k if static is None else self._warp(k, centre), self.radius) * self.scale
+        prob = logits.float().softmax(1)  # (B * N, K, h, w) around the window's centre
+        expected = centre + torch.einsum('mkhw,kc->mchw', prob, self.displacements)  # (B * N, 2, h, w) cells
         matched = self._warp(k, expected)  # (B * N, C_m, h, w) the previous frame at the expected match
         r = self.refine(torch.cat([prob.to(q.dtype), q, matched], 1)).float()  # (B * N, 3, h, w)
         flow = (expected + r[:, :2]) * float(stride)  # (B * N, 2, h, w) pixels
         return dict(logits=logits.unflatten(0, (B, N)), flow=flow.unflatten(0, (B, N)),
-                    log_ratio=r[:, 2].unflatten(0, (B, N)))
+                    log_ratio=r[:, 2].unflatten(0, (B, N)), centre=centre.unflatten(0, (B, N)))
 
     @staticmethod
     def _warp(feat: Tensor, disp: Tensor) -> Tensor:
@@ -161,17 +167,42 @@ class DenseMotion(nn.Module):
         |log ratio| exceeds 1 are left out (module docstring). Each loss is a weighted mean."""
         ry, rx = self.radius
         cells = flow / float(stride)  # (B, N, h, w, 2)
-        keep = ((weight > 0) & (cells[..., 0].abs() <= rx) & (cells[..., 1].abs() <= ry)
+        rel = cells - out['centre'].float().movedim(2, -1)  # (B, N, h, w, 2) from the window's centre
+        keep = ((weight > 0) & (rel[..., 0].abs() <= rx) & (rel[..., 1].abs() <= ry)
                 & (log_ratio.abs() <= 1.0))  # (B, N, h, w)
         w, target = weight[keep], cells[keep]  # (P,), (P, 2) cells
         num = w.sum().clamp(min=1.0)
         log_w = out['logits'].float().movedim(2, -1)[keep].log_softmax(-1)  # (P, K)
-        match = matching_loss(log_w, self.displacements.expand(w.shape[0], -1, -1), target, self.sigma)  # (P,)
+        match = matching_loss(log_w, self.displacements.expand(w.shape[0], -1, -1), rel[keep], self.sigma)  # (P,)
         pred = out['flow'].float().movedim(2, -1)[keep] / float(stride)  # (P, 2) cells
         ratio = (out['log_ratio'].float()[keep] - log_ratio[keep]).abs()  # (P,)
         return {'motion.loss_match': self.weights['match'] * (w * match).sum() / num,
                 'motion.loss_flow': self.weights['flow'] * (w * (pred - target).abs().sum(-1)).sum() / num,
                 'motion.loss_ratio': self.weights['ratio'] * (w * ratio).sum() / num}
+
+
+@torch.no_grad()
+def static_flow(depth: Tensor, cur: MultiViewCameras, prev: MultiViewCameras, stride: float) -> Tensor:
+    """Where each pixel of a map would be in the previous frame if its scene point stood still.
+
+    Args:
+        depth: (B, N, h, w) camera z (metres) of each map pixel, whose pixel (i, j) is centred at
+            input pixel ``((j + 0.5) * stride, (i + 0.5) * stride)``.
+        cur, prev: (B,) batches of N current views and the same N views of the previous frame.
+    Returns:
+        (B, N, 2, h, w) displacement in map cells (dx, dy); 0 where the point is behind the previous camera.
+    """
+    B, N, h, w = depth.shape
+    ys, xs = torch.meshgrid(torch.arange(h, device=depth.device, dtype=torch.float32),
+                            torch.arange(w, device=depth.device, dtype=torch.float32), indexing='ij')
+    uv = (torch.stack([xs, ys], -1).reshape(-1, 2) + 0.5) * float(stride)  # (P, 2) input pixels
+    uv = uv.expand(B, N, -1, -1)  # (B, N, P, 2)
+    points = cur.unproject(uv, depth.float().flatten(2))  # (B, N, P, 3) current LiDAR frame
+    l2i = prev.lidar2img.to(points)  # (B, N, 4, 4)
+    cam = torch.einsum('bnij,bnpj->bnpi', l2i[..., :3, :3], points) + l2i[..., None, :3, 3]  # (B, N, P, 3)
+    ahead = cam[..., 2] > 0.1  # (B, N, P)
+    moved = torch.where(ahead[..., None], cam[..., :2] / cam[..., 2:].clamp(min=0.1) - uv, torch.zeros_like(uv))
+    return (moved / float(stride)).transpose(-1, -2).unflatten(-1, (h, w))  # (B, N, 2, h, w)
 
 
 @torch.no_grad()
