@@ -80,7 +80,9 @@ backbone and FPN (the previous one without gradient by default); queries, token 
 supervision come from the current frame. Each decoder layer matches the query's object in the
 previous frame over a grid of velocity hypotheses around the velocity the layer before
 regressed, at ``centre - velocity * dt`` with dt in seconds, and samples the previous frame where
-the matched velocity puts it (:mod:`sf3d.models.layers.temporal`).
+the matched velocity puts it (:mod:`sf3d.models.layers.temporal`). With ``motion``, a dense
+correlation between the two frames is supervised per pixel with the GT boxes' motion and gives the
+predicted boxes' velocity (:mod:`sf3d.models.layers.motion`).
 
 ``query_mode='learned'`` is the DETR3D baseline (any backbone, e.g. ResNet + FPN): an
 ``nn.Embedding(num_queries, 2 * embed_dims)`` split into (query_pos, query) and reference points
@@ -170,7 +172,8 @@ def _plucker(origins: Tensor, dirs: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def box_cover(boxes: Tensor, cameras: MultiViewCameras, feat_size: Sequence[int], stride: float) -> tuple[Tensor, Tensor]:
+def box_cover(boxes: Tensor, cameras: MultiViewCameras, feat_size: Sequence[int],
+              stride: float) -> tuple[Tensor, Tensor]:
     """Which GT box each pixel of a feature map belongs to, for ONE sample: the nearest (by centre
     depth) of the boxes whose projected rectangle holds the pixel centre; boxes with a corner behind
     the camera are skipped.
@@ -599,7 +602,8 @@ class MultiViewDetector(BaseModel):
         bin; + with pixel supervision, in training:
         ``pixel_preds`` (B, N, K + 1, h, w) class logits and depth on the first FPN level; + with
         ``dn`` (:class:`DenoisingQueries`' output), run before the matching queries under its mask:
-        ``dn_outputs`` = (cls (D, B, Qd, K), box codes (D, B, Qd, 10), dn)). With two frames, img
+        ``dn_outputs`` = (cls (D, B, Qd, K), box codes (D, B, Qd, 10), dn); + with ``motion``:
+        ``motion`` (:class:`DenseMotion`'s dict: flow, log_ratio, logits, centre)). With two frames, img
         and cameras hold F * N views (frame-major) and ``frame_dt`` (B, F) the seconds back to each
         frame; the queries, the token and the pixel predictions come from the current frame."""
         B, N = img.shape[0], img.shape[1] // self.num_frames
@@ -670,8 +674,8 @@ class MultiViewDetector(BaseModel):
 
         Returns:
             ``'loss'``: :meth:`DETR3DHead.loss`'s dict (``loss_cls``, ``loss_bbox``,
-            ``d{i}.loss_cls``, ``d{i}.loss_bbox``), + ``token.*``, ``pixel.*`` and (in training)
-            ``dn.*`` with those options on.
+            ``d{i}.loss_cls``, ``d{i}.loss_bbox``), + ``token.*``, ``pixel.*``, ``motion.*`` and (in
+            training) ``dn.*`` with those options on.
             ``'predict'``: B dicts ``dict(token=str or None, pred_instances_3d=dict(bboxes_3d=
             LiDARBoxes (K, 9), scores_3d (K,), labels_3d (K,) int64))`` (NuScenesMetric's format).
             ``'tensor'``: ``dict(all_cls_scores (D, B, Q, K) logits, all_bbox_preds (D, B, Q, 10)

@@ -9,9 +9,13 @@ targets):
 - **Matching.** One FPN level of both frames is projected to C_m channels (one projection for
   both: a Siamese match), normalised, and correlated over a window of displacements, ``2 r_y + 1``
   rows by ``2 r_x + 1`` columns of cells: cosine similarities times 10, so that the softmax can be
-  sharp from the start (a plain dot product began near uniform and sharpened slowly). The window is wide and flat because image motion between key
-  frames is mostly horizontal: on the synthetic demo set (416 px wide), GT centres move 17 px
-  (median) and 103 px (90th percentile), and 95 % of them less than 9 px vertically.
+  sharp from the start (a plain dot product began near uniform and sharpened slowly). The window
+  is wide and flat because image motion between key frames is mostly horizontal: on the synthetic
+  demo set (416 px wide), GT centres move 17 px (median) and 103 px (90th percentile), and 95 % of
+  them less than 9 px vertically.
+- **Static warp** (``static_warp=True``). The window can be centred, per pixel, on where the pixel
+  would be in the previous frame if its scene point stood still (:func:`static_flow` of the
+  detector's pixel-depth map), so that it searches object motion instead of the ego's parallax.
 - **Flow and scale.** Per pixel, the softmax over the displacements gives an expected
   displacement. A small conv on the match probabilities, the current features and the previous
   features sampled at the expected displacement refines it into the flow (input pixels, current ->
@@ -27,14 +31,17 @@ targets):
 - **Weights.** Each pixel weighs ``1 / (pixels of its box in that view)``, so that every object
   in every view counts once: near objects cover most pixels, and it is they that move most in the
   image (the ego's own motion makes a parallax of hundreds of pixels on the side views). Pixels
-  whose target leaves the correlation window, or whose depth ratio exceeds e (an object passing
-  the camera), are left out: no match in the window can explain them. Measured per pixel on the
-  demo set, 40 % of the covered pixels move more than 128 px, against 10 % of the box centres.
+  whose target leaves the correlation window, or whose depth ratio is beyond e either way (an
+  object passing the camera), are left out: no match in the window can explain them. Measured per
+  pixel on the demo set, 40 % of the covered pixels move more than 128 px, against under 10 % of
+  the box centres.
 - **Velocity** (:func:`motion_velocity`). A box centre ``c`` projects to ``u`` at depth ``z`` in a
   current view; its centre was at pixel ``u + flow(u)``, depth ``z exp(ratio(u))``, in that view's
   previous camera. Unprojecting gives ``c_prev`` (current LiDAR frame) and ``v = (c - c_prev)_xy / dt``,
   averaged over the views that see ``c``. The detector replaces its regressed velocity with it
-  (``MultiViewDetector(motion=...)``), where some view sees the box and ``dt > 0``.
+  (``MultiViewDetector(motion=...)``, ``read_velocity=True``), where some view sees the box and
+  ``dt > 0``. Measured at the demo budget (README, "Temporal input"), this velocity is still worse
+  than the regressed one: the module is an option, off in the shipped detector configs.
 - **Heading from motion** (``heading_speed``, off by default). Front and back of an untextured or
   symmetric object look alike, so a detector gets its heading right up to 180°; a box moving
   faster than ``heading_speed`` m/s whose heading points against its velocity is turned around.
@@ -236,7 +243,8 @@ def motion_targets(centres: Tensor, velocity: Tensor, cover: Tensor, cur: MultiV
     valid = (cover >= 0) & (maps[..., 3] > 0)  # (N, h, w)
     pixels = torch.zeros(N, G + 1, device=cover.device).scatter_add_(
         1, torch.where(cover >= 0, cover, G).flatten(1), torch.ones(N, h * w, device=cover.device))  # (N, G + 1)
-    weight = torch.where(valid, 1.0 / pixels.gather(1, idx).view(N, h, w).clamp(min=1.0), torch.zeros_like(maps[..., 3]))
+    share = 1.0 / pixels.gather(1, idx).view(N, h, w).clamp(min=1.0)  # (N, h, w) 1 / pixels of the box in the view
+    weight = torch.where(valid, share, torch.zeros_like(share))
     return maps[..., :2], maps[..., 2], weight
 
 
