@@ -93,9 +93,11 @@ def correlation(query: Tensor, key: Tensor, radius: Sequence[int]) -> Tensor:
 class DenseMotion(nn.Module):
     """Per-pixel match, flow and depth ratio between the current and the previous frame (module docstring).
 
-    ``forward(cur, prev (B, N, C, h, w) one FPN level of each frame, stride) -> dict(logits
-    (B, N, K, h, w) match scores, flow (B, N, 2, h, w) input pixels (u, v) current -> previous,
-    log_ratio (B, N, h, w) log(z_prev / z_cur))``; :meth:`loss` supervises all three.
+    ``forward(cur, prev (B, N, C, h, w) one FPN level of each frame, stride, static=None) ->
+    dict(logits (B, N, K, h, w) match scores around the window's centre, flow (B, N, 2, h, w) input
+    pixels (u, v) current -> previous, log_ratio (B, N, h, w) log(z_prev / z_cur), centre
+    (B, N, 2, h, w) the window's centre in cells: ``static`` (the static-world flow, cells) or 0)``;
+    :meth:`loss` supervises logits, flow and log_ratio.
 
     Args:
         embed_dims: C; match_dims: C_m of the shared projection; radius: (r_y, r_x) cells of the
@@ -109,8 +111,8 @@ class DenseMotion(nn.Module):
         heading_speed: at prediction, turn by 180° the boxes faster than this (m/s) whose heading
             points against their velocity (module docstring); None leaves headings alone.
         match_weight, flow_weight, ratio_weight: loss weights of the match cross-entropy (against
-            a Gaussian of width ``sigma`` cells around the target displacement; pixels whose target
-            leaves the window are left out of it), the flow L1 (in cells) and the log-ratio L1.
+            a Gaussian of width ``sigma`` cells around the target displacement), the flow L1 (in
+            cells) and the log-ratio L1; pixels whose target leaves the window are left out of all three.
     """
 
     def __init__(self, *, embed_dims: int = 256, match_dims: int = 32, radius: Sequence[int] = (1, 16),
