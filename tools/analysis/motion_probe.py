@@ -42,13 +42,12 @@ def probe_sample(flow: torch.Tensor, log_ratio: torch.Tensor, boxes: torch.Tenso
     its N current and previous views (one sample's MultiViewCameras), dt seconds ->
     (per variant the velocity errors (P,) m/s, GT speeds (P,)) over the P (view, GT) pairs whose
     centre the view sees (in front of both cameras, inside the current image)."""
-    from sf3d.models.layers.motion import sample_motion
+    from sf3d.models.layers.motion import centre_motion, sample_motion
     from sf3d.structures import LiDARBoxes
 
     centres = LiDARBoxes(boxes.float(), validate=False).gravity_center  # (G, 3)
     velocity = boxes[:, 7:9].float()  # (G, 2)
-    uv1, z1 = cur.project(centres)  # (N, G, 2), (N, G)
-    uv0, z0 = prev.project(centres - torch.cat([velocity, velocity.new_zeros(len(boxes), 1)], -1) * dt)
+    uv1, z1, uv0, z0 = centre_motion(centres, velocity, cur, prev, dt)  # (N, G, 2), (N, G) each frame
     seen = cur.in_image(uv1, z1, tuple(image_size)) & (z1 > 0.1) & (z0 > 0.1)  # (N, G)
     f, r = (x[0] for x in sample_motion(flow[None], log_ratio[None], uv1[None], image_size))  # (N, G, 2), (N, G)
     reads = dict(predicted=(uv1 + f, z1 * r.exp()), gt_ratio=(uv1 + f, z0), gt_flow=(uv0, z1 * r.exp()))

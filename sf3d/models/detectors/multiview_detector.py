@@ -108,7 +108,7 @@ from mmengine.model import BaseModel
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
-from sf3d.models.heads.box_coder import decode_boxes, denormalize_points
+from sf3d.models.heads.box_coder import denormalize_points
 from sf3d.models.heads.detr3d_head import DETR3DHead
 from sf3d.models.layers.camera_encoding import CameraConditioning, fourier_features
 from sf3d.models.layers.denoising import DenoisingQueries
@@ -644,16 +644,19 @@ class MultiViewDetector(BaseModel):
             ref = ref[:, Qd:]
         outputs['ref_points'] = ref
         outputs.update(extra)
-        if self.pixel_loss is not None and self.training:
-            outputs['pixel_preds'] = self._pixel_outputs([f[:, :N] for f in feats])  # (B, N, K + 1, h, w)
+        static_warp = self.motion is not None and self.motion.static_warp
+        if self.pixel_loss is not None and (self.training or static_warp):
+            pixel_preds = self._pixel_outputs([f[:, :N] for f in feats])  # (B, N, K + 1, h, w)
+            if self.training:
+                outputs['pixel_preds'] = pixel_preds
         if self.motion is not None:
             level, stride = feats[self.motion.level], self.feat_strides[self.motion.level]  # (B, 2 * N, C, h, w)
             static = None
-            if self.motion.static_warp:  # the pixel depth, at the motion level, without gradient
-                depth = self.pixel_head(feats[0][:, :N].flatten(0, 1).detach())[:, -1:]  # (B * N, 1, h0, w0)
-                depth = nn.functional.interpolate(depth, size=level.shape[-2:], mode='bilinear', align_corners=False)
-                static = static_flow(depth[:, 0].unflatten(0, (B, N)).clamp(min=1.0), cameras,
-                                     all_cameras.select(slice(N, None)), stride)  # (B, N, 2, h, w) cells
+            if static_warp:  # the pixel depth at the motion level (static_flow takes no gradient)
+                depth = nn.functional.interpolate(pixel_preds[:, :, -1], size=level.shape[-2:], mode='bilinear',
+                                                  align_corners=False)  # (B, N, h, w)
+                static = static_flow(depth.clamp(min=1.0), cameras, all_cameras.select(slice(N, None)),
+                                     stride)  # (B, N, 2, h, w) cells
             outputs['motion'] = self.motion(level[:, :N], level[:, N:], stride, static)
         return outputs
 
@@ -704,11 +707,9 @@ class MultiViewDetector(BaseModel):
             return outputs
         N = img.shape[1] // self.num_frames
         if mode == 'loss':
-            losses = self.loss(outputs, data_samples, cameras.select(slice(0, N)), img.shape[-2:])
-            if 'motion' in outputs:
-                boxes, _ = self._ground_truth(data_samples, img.device)
-                losses.update(self._motion_losses(outputs['motion'], boxes, cameras, frame_dt[:, 1]))
-            return losses
+            prev = cameras.select(slice(N, None)) if self.num_frames > 1 else None
+            return self.loss(outputs, data_samples, cameras.select(slice(0, N)), img.shape[-2:], prev,
+                             None if frame_dt is None else frame_dt[:, 1])
         if 'motion' in outputs and self.motion.read_velocity:
             outputs = self._motion_velocities(outputs, cameras, frame_dt[:, 1], img.shape[-2:])
         preds = self.head.predict(outputs)
@@ -718,10 +719,12 @@ class MultiViewDetector(BaseModel):
                 for tok, p in zip(tokens, preds)]
 
     def loss(self, outputs: dict, data_samples: dict, cameras: Optional[MultiViewCameras] = None,
-             image_size: Optional[Sequence[int]] = None) -> dict:
+             image_size: Optional[Sequence[int]] = None, prev_cameras: Optional[MultiViewCameras] = None,
+             time_delta: Optional[Tensor] = None) -> dict:
         """Head losses with the ground truth of ``data_samples`` moved to the outputs' device, plus
-        ``token.loss_cls`` / ``token.loss_depth`` with token supervision (needs ``cameras`` and the
-        padded input ``image_size`` (H, W))."""
+        ``token.loss_cls`` / ``token.loss_depth`` with token supervision (needs ``cameras``, the current
+        frame's views, and the padded input ``image_size`` (H, W)), and ``motion.*`` with dense motion
+        (needs ``prev_cameras``, the previous frame's views, and ``time_delta`` (B,) seconds)."""
         boxes, labels = self._ground_truth(data_samples, outputs['all_cls_scores'].device)
         token_losses, fixed = {}, None
         if 'token_cls_scores' in outputs:
@@ -737,6 +740,8 @@ class MultiViewDetector(BaseModel):
             losses.update(self.head.dn_loss(dn_cls, dn_box, dn['labels'], dn['boxes'], outputs.get('dn_match')))
         if 'pixel_preds' in outputs:
             losses.update(self._pixel_losses(outputs['pixel_preds'], boxes, labels, cameras))
+        if 'motion' in outputs:
+            losses.update(self._motion_losses(outputs['motion'], boxes, cameras, prev_cameras, time_delta))
         return losses
 
     @staticmethod
@@ -770,16 +775,16 @@ class MultiViewDetector(BaseModel):
         logits = preds[:, :, :-1].movedim(2, -1)  # (B, N, h, w, K)
         return self._dense_losses('pixel', self.pixel_loss, logits, preds[:, :, -1], tgt_labels, tgt_depths)
 
-    def _motion_losses(self, motion: dict, boxes: list[Tensor], cameras: MultiViewCameras, dt: Tensor) -> dict:
-        """Dense motion losses: targets from each sample's GT, current and previous views (2 N)."""
-        N = cameras.num_cams // 2
+    def _motion_losses(self, motion: dict, boxes: list[Tensor], cameras: MultiViewCameras,
+                       prev_cameras: MultiViewCameras, dt: Tensor) -> dict:
+        """Dense motion losses: targets from each sample's GT and its current and previous views."""
         stride = self.feat_strides[self.motion.level]
         targets = []
         for i, b in enumerate(boxes):
-            cams = cameras.sample(i)
-            cover, _ = box_cover(b, cams.select(slice(0, N)), motion['flow'].shape[-2:], stride)
-            targets.append(motion_targets(LiDARBoxes(b, validate=False).gravity_center, b[:, 7:9], cover,
-                                          cams.select(slice(0, N)), cams.select(slice(N, None)), float(dt[i])))
+            cur = cameras.sample(i)
+            cover, _ = box_cover(b, cur, motion['flow'].shape[-2:], stride)
+            targets.append(motion_targets(LiDARBoxes(b, validate=False).gravity_center, b[:, 7:9], cover, cur,
+                                          prev_cameras.sample(i), float(dt[i])))
         flow, log_ratio, weight = (torch.stack(t) for t in zip(*targets))  # (B, N, h, w, 2), (B, N, h, w) x 2
         return self.motion.loss(motion, flow, log_ratio, weight, stride)
 
@@ -790,8 +795,7 @@ class MultiViewDetector(BaseModel):
         ``heading_speed`` the heading of boxes that drive backwards turned around."""
         N = cameras.num_cams // 2
         codes = outputs['all_bbox_preds'][-1].float()  # (B, Q, 10)
-        boxes = decode_boxes(codes)  # (B, Q, 9)
-        centres = torch.cat([boxes[..., :2], boxes[..., 2:3] + 0.5 * boxes[..., 5:6]], -1)  # (B, Q, 3) gravity
+        centres = codes[..., [0, 1, 4]]  # (B, Q, 3) the code's (cx, cy, cz): gravity centres
         velocity, seen = motion_velocity(outputs['motion']['flow'], outputs['motion']['log_ratio'], centres,
                                          cameras.select(slice(0, N)), cameras.select(slice(N, None)), dt, image_size)
         velocity = torch.where(seen[..., None], velocity, codes[..., 8:])  # (B, Q, 2)

@@ -61,10 +61,10 @@ from torch import Tensor
 
 from sf3d.structures import MultiViewCameras
 
-from .temporal import matching_loss
+from .temporal import frame_references, matching_loss
 
-__all__ = ['DenseMotion', 'correlation', 'displacement_grid', 'motion_targets', 'motion_velocity', 'sample_motion',
-           'static_flow']
+__all__ = ['DenseMotion', 'centre_motion', 'correlation', 'displacement_grid', 'motion_targets', 'motion_velocity',
+           'sample_motion', 'static_flow']
 
 
 def displacement_grid(radius: Sequence[int]) -> Tensor:
@@ -201,17 +201,25 @@ def static_flow(depth: Tensor, cur: MultiViewCameras, prev: MultiViewCameras, st
     Returns:
         (B, N, 2, h, w) displacement in map cells (dx, dy); 0 where the point is behind the previous camera.
     """
-    B, N, h, w = depth.shape
-    ys, xs = torch.meshgrid(torch.arange(h, device=depth.device, dtype=torch.float32),
-                            torch.arange(w, device=depth.device, dtype=torch.float32), indexing='ij')
-    uv = (torch.stack([xs, ys], -1).reshape(-1, 2) + 0.5) * float(stride)  # (P, 2) input pixels
-    uv = uv.expand(B, N, -1, -1)  # (B, N, P, 2)
+    h, w = depth.shape[-2:]
+    uv = cur.pixel_grid((h, w), (h * stride, w * stride)).float()  # (B, N, P, 2) input pixels of the map's cells
     points = cur.unproject(uv, depth.float().flatten(2))  # (B, N, P, 3) current LiDAR frame
     l2i = prev.lidar2img.to(points)  # (B, N, 4, 4)
     cam = torch.einsum('bnij,bnpj->bnpi', l2i[..., :3, :3], points) + l2i[..., None, :3, 3]  # (B, N, P, 3)
     ahead = cam[..., 2] > 0.1  # (B, N, P)
     moved = torch.where(ahead[..., None], cam[..., :2] / cam[..., 2:].clamp(min=0.1) - uv, torch.zeros_like(uv))
     return (moved / float(stride)).transpose(-1, -2).unflatten(-1, (h, w))  # (B, N, 2, h, w)
+
+
+def centre_motion(centres: Tensor, velocity: Tensor, cur: MultiViewCameras, prev: MultiViewCameras,
+                  dt: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Where boxes are seen now and were seen ``dt`` seconds ago, for ONE sample: centres (G, 3) and
+    velocity (G, 2) m/s in the current LiDAR frame, the N current and N previous views -> uv, depth
+    in the current views (N, G, 2), (N, G) and, of ``centre - velocity * dt``
+    (:func:`~sf3d.models.layers.temporal.frame_references`), in the previous views (N, G, 2), (N, G)."""
+    c = centres.float()
+    before = frame_references(c[None], velocity[None].float(), c.new_tensor([[float(dt)]]))[0, 0]  # (G, 3)
+    return (*cur.project(c), *prev.project(before))
 
 
 @torch.no_grad()
@@ -233,10 +241,7 @@ def motion_targets(centres: Tensor, velocity: Tensor, cover: Tensor, cur: MultiV
     if G == 0:
         zeros = cover.new_zeros((N, h, w), dtype=torch.float32)
         return zeros[..., None].expand(-1, -1, -1, 2).clone(), zeros, zeros.clone()
-    c = centres.float()
-    moved = c - torch.cat([velocity.float(), velocity.new_zeros(G, 1, dtype=torch.float32)], -1) * float(dt)
-    uv1, z1 = cur.project(c)  # (N, G, 2), (N, G)
-    uv0, z0 = prev.project(moved)  # (N, G, 2), (N, G)
+    uv1, z1, uv0, z0 = centre_motion(centres, velocity, cur, prev, dt)  # (N, G, 2), (N, G) each frame
     ok = (z1 > 0.1) & (z0 > 0.1)  # (N, G)
     per_box = torch.cat([uv0 - uv1, torch.log(z0.clamp(min=0.1) / z1.clamp(min=0.1))[..., None],
                          ok[..., None].float()], -1)  # (N, G, 4)
