@@ -12,7 +12,7 @@ import torch
 from sf3d.models.heads.assigner import HungarianAssigner3D, focal_cost
 from sf3d.models.heads.box_coder import NMSFreeDecoder, decode_boxes, encode_boxes
 from sf3d.models.heads.detr3d_head import DETR3DHead
-from sf3d.models.layers.feature_sampling import sample_features
+from sf3d.models.layers.feature_sampling import sample_features, weighted_features
 from sf3d.structures import LiDARBoxes
 
 H, W = 32, 48  # padded input
@@ -90,6 +90,25 @@ def test_feature_sampling_bad_input():
         sample_features(feats, torch.zeros(1, 5, 2), l2i, (H, W))
     with pytest.raises(ValueError, match=r'feats\[0\]'):
         sample_features([f[:, :1] for f in feats], torch.zeros(1, 5, 3), l2i, (H, W))
+
+
+def test_weighted_features_is_the_weighted_sum_of_the_samples():
+    """DETR3D's weighted sum over cameras x levels, computed level by level, equals the sum over the
+    (B, C, Q, N, L) samples; points no camera sees (behind, off the image) give zero."""
+    rng = np.random.default_rng(1)
+    B, N, Q = 2, 3, 50
+    l2i = torch.tensor(np.stack([_lidar2img([0.0, 2.1, -2.1]), _lidar2img([0.5, 2.6, -1.6])]), dtype=torch.float32)
+    pts = torch.tensor(rng.uniform([-15, -15, -3], [15, 15, 3], size=(B, Q, 3)), dtype=torch.float32)
+    pts[:, 0] = torch.tensor([0.0, 0.0, 40.0])  # straight above: no camera sees it
+    feats = [torch.randn(B, N, 5, H // s, W // s) for s in STRIDES]
+    weights = torch.rand(B, Q, N, len(STRIDES))
+    sampled, mask = sample_features(feats, pts, l2i, (H, W))  # (B, C, Q, N, L), (B, Q, N)
+    expected = (sampled * weights[:, None]).sum((-1, -2)).transpose(1, 2)  # (B, Q, C)
+    got = weighted_features(feats, pts, l2i, (H, W), weights)
+    torch.testing.assert_close(got, expected)
+    assert mask.any() and not mask[:, 0].any() and (got[:, 0] == 0).all()
+    with pytest.raises(ValueError, match='L=1'):
+        weighted_features(feats, pts, l2i, (H, W), weights[..., :1])
 
 
 def test_box_code_round_trip_and_yaw_wrap():

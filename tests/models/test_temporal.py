@@ -10,6 +10,7 @@ from detector_utils import batched_cameras, build, camera, fit, rig, samples_for
 from test_detector_training import OVERFIT_GRID, OVERFIT_PC_RANGE, TOKEN_LOSS, render, unmatched
 
 import sf3d.models.heads.detr3d_head as detr3d_head
+import sf3d.models.layers.feature_sampling as feature_sampling
 from sf3d.models.heads.box_coder import denormalize_points
 from sf3d.models.heads.detr3d_head import DETR3DCrossAttention
 from sf3d.models.layers.temporal import (VelocityMatching, frame_references, frame_time_deltas, matching_loss,
@@ -86,13 +87,15 @@ def test_cross_attention_samples_the_previous_frame_at_every_hypothesis(monkeypa
     ref_norm, velocity = torch.rand(B, Q, 3), torch.randn(B, Q, 2) * 3
     frame_dt = torch.tensor([[0.0, 0.5], [0.0, 0.25]])
     calls = []
-    real = detr3d_head.sample_features
 
-    def spy(f, ref, l2i, shape):
-        calls.append((f, ref, l2i))
-        return real(f, ref, l2i, shape)
+    def spy(real):
+        def sample(f, ref, l2i, shape, *args):
+            calls.append((f, ref, l2i))
+            return real(f, ref, l2i, shape, *args)
+        return sample
 
-    monkeypatch.setattr(detr3d_head, 'sample_features', spy)
+    for name in ('sample_features', 'weighted_features'):  # the key map / the frames' weighted samples
+        monkeypatch.setattr(detr3d_head, name, spy(getattr(detr3d_head, name)))
     out, (matched, log_w, hyp) = attn(torch.randn(B, Q, C), torch.randn(B, Q, C), ref_norm, feats, lidar2img,
                                       (64, 96), velocity, frame_dt)
     assert out.shape == (B, Q, C) and matched.shape == (B, Q, 2) and len(calls) == 3
@@ -347,13 +350,13 @@ def test_two_frame_geometry_stays_fp32_under_bf16_autocast(monkeypatch):
     det = build(num_cams=2, num_frames=2).train()
     inputs, samples = _two_frame_batch()
     dtypes = []
-    real = detr3d_head.sample_features
+    real = feature_sampling.project_points
 
-    def spy(f, ref, l2i, shape):
+    def spy(ref, l2i, shape, eps):  # every sampling of the head projects its points here
         dtypes.append(ref.dtype)
-        return real(f, ref, l2i, shape)
+        return real(ref, l2i, shape, eps)
 
-    monkeypatch.setattr(detr3d_head, 'sample_features', spy)
+    monkeypatch.setattr(feature_sampling, 'project_points', spy)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         losses = det(inputs, samples, mode='loss')
     assert all(torch.isfinite(v) for v in losses.values())

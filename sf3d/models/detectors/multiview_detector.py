@@ -639,6 +639,9 @@ class MultiViewDetector(BaseModel):
             if 'all_match' in outputs:  # (D, B, Q, K), (D, B, Q, K, 2) split as the queries
                 outputs['dn_match'] = tuple(m[:, :, :Qd] for m in outputs['all_match'])
                 outputs['all_match'] = tuple(m[:, :, Qd:] for m in outputs['all_match'])
+            if 'all_dir_logits' in outputs:  # (D, B, Q)
+                outputs['dn_dir_logits'] = outputs['all_dir_logits'][:, :, :Qd]
+                outputs['all_dir_logits'] = outputs['all_dir_logits'][:, :, Qd:]
             outputs['all_cls_scores'] = outputs['all_cls_scores'][:, :, Qd:]  # (D, B, Q, K)
             outputs['all_bbox_preds'] = outputs['all_bbox_preds'][:, :, Qd:]  # (D, B, Q, 10)
             ref = ref[:, Qd:]
@@ -683,7 +686,8 @@ class MultiViewDetector(BaseModel):
             LiDARBoxes (K, 9), scores_3d (K,), labels_3d (K,) int64))`` (NuScenesMetric's format).
             ``'tensor'``: ``dict(all_cls_scores (D, B, Q, K) logits, all_bbox_preds (D, B, Q, 10)
             box codes with centres in metres, ref_points (B, Q, 3) the initial reference points
-            in metres)``; Q = N_cam * M * Z (or ``num_select``) + ``global_queries`` in spatial-token
+            in metres)`` (+ ``all_dir_logits`` (D, B, Q) with the head's ``direction`` bins: the codes'
+            yaw is then folded, ``head.final_codes`` turns it back); Q = N_cam * M * Z (or ``num_select``) + ``global_queries`` in spatial-token
             mode, ``num_queries`` otherwise.
         """
         if mode not in ('loss', 'predict', 'tensor'):
@@ -737,7 +741,8 @@ class MultiViewDetector(BaseModel):
         losses.update(token_losses)
         if 'dn_outputs' in outputs:
             dn_cls, dn_box, dn = outputs['dn_outputs']
-            losses.update(self.head.dn_loss(dn_cls, dn_box, dn['labels'], dn['boxes'], outputs.get('dn_match')))
+            losses.update(self.head.dn_loss(dn_cls, dn_box, dn['labels'], dn['boxes'], outputs.get('dn_match'),
+                                            outputs.get('dn_dir_logits')))
         if 'pixel_preds' in outputs:
             losses.update(self._pixel_losses(outputs['pixel_preds'], boxes, labels, cameras))
         if 'motion' in outputs:
@@ -792,9 +797,10 @@ class MultiViewDetector(BaseModel):
                            image_size: Sequence[int]) -> dict:
         """The last layer's box codes with the velocity read from the dense motion where a current
         view sees the box centre (:func:`~sf3d.models.layers.motion.motion_velocity`), and with
-        ``heading_speed`` the heading of boxes that drive backwards turned around."""
+        ``heading_speed`` the heading of boxes that drive backwards turned around. The codes carry the
+        full yaw (:meth:`DETR3DHead.final_codes`), so the direction logits are spent here."""
         N = cameras.num_cams // 2
-        codes = outputs['all_bbox_preds'][-1].float()  # (B, Q, 10)
+        codes = self.head.final_codes(outputs)  # (B, Q, 10)
         centres = codes[..., [0, 1, 4]]  # (B, Q, 3) the code's (cx, cy, cz): gravity centres
         velocity, seen = motion_velocity(outputs['motion']['flow'], outputs['motion']['log_ratio'], centres,
                                          cameras.select(slice(0, N)), cameras.select(slice(N, None)), dt, image_size)
@@ -806,6 +812,7 @@ class MultiViewDetector(BaseModel):
             heading = torch.where(back[..., None], -heading, heading)
         codes = torch.cat([codes[..., :6], heading, velocity], -1)
         all_preds = outputs['all_bbox_preds']
+        outputs = {k: v for k, v in outputs.items() if k != 'all_dir_logits'}
         return dict(outputs, all_bbox_preds=torch.cat([all_preds[:-1], codes[None].to(all_preds.dtype)], 0))
 
     def _dense_losses(self, name: str, weights: dict, logits: Tensor, depths: Tensor, tgt_labels: Tensor,

@@ -36,7 +36,8 @@ from sf3d.models.heads.box_coder import (CODE_SIZE, PC_RANGE, POST_CENTER_RANGE,
                                          denormalize_points, encode_boxes, inverse_sigmoid,
                                          normalize_points)
 from sf3d.models.layers.attention import Attention
-from sf3d.models.layers.feature_sampling import sample_features
+from sf3d.models.layers.feature_sampling import sample_features, weighted_features
+from sf3d.models.layers.heading import HeadingDirection
 from sf3d.models.layers.loss_normalizer import avg_num_targets
 from sf3d.models.layers.temporal import VelocityMatching, frame_references, matching_loss
 from sf3d.structures import LiDARBoxes
@@ -97,12 +98,10 @@ class DETR3DCrossAttention(nn.Module):
     def _sample(self, feats: Sequence[Tensor], points: Tensor, lidar2img: Tensor, img_shape: Sequence[int],
                 weights: Tensor, frame: int) -> Tensor:
         """Frame ``frame``'s views sampled at points (B, P, 3) metres and summed over cameras x levels
-        with weights (B, 1, P, N, L) -> (B, P, C) float32."""
+        with weights (B, P, N, L) -> (B, P, C) float32. Samples of cameras that do not see a point are
+        zero (:func:`sample_features`), so their weights get no gradient either."""
         views = slice(frame * self.num_cams, (frame + 1) * self.num_cams)
-        sampled, mask = sample_features([x[:, views] for x in feats], points, lidar2img[:, views],
-                                        img_shape)  # (B, C, P, N, L), (B, P, N)
-        weights = weights * mask[:, None, :, :, None].to(weights.dtype)  # (B, 1, P, N, L)
-        return (sampled * weights).sum(dim=(-1, -2)).transpose(1, 2)  # (B, P, C)
+        return weighted_features([x[:, views] for x in feats], points, lidar2img[:, views], img_shape, weights)
 
     @staticmethod
     def _camera_mean(keys: Tensor, points: Tensor, lidar2img: Tensor, img_shape: Sequence[int]) -> Tensor:
@@ -127,8 +126,8 @@ class DETR3DCrossAttention(nn.Module):
                              f'{None if frame_dt is None else tuple(frame_dt.shape)}')
         ref_metric = denormalize_points(ref_norm, self.pc_range)  # (B, Q, 3)
         weights = self.attention_weights(query + query_pos).sigmoid()  # (B, Q, F*N*L)
-        weights = weights.view(B, 1, Q, F, N, L)  # (B, 1, Q, F, N, L)
-        out = [self._sample(feats, ref_metric, lidar2img, img_shape, weights[:, :, :, 0], 0)]  # [(B, Q, C)]
+        weights = weights.view(B, Q, F, N, L)  # (B, Q, F, N, L)
+        out = [self._sample(feats, ref_metric, lidar2img, img_shape, weights[:, :, 0], 0)]  # [(B, Q, C)]
         matched = None
         if F == 2:
             match = self.velocity_matching
@@ -136,7 +135,7 @@ class DETR3DCrossAttention(nn.Module):
             matched = match(out[0], ref_metric, velocity, frame_dt[:, 1],
                             lambda points: self._camera_mean(keys, points, lidar2img[:, N:], img_shape))
             was = frame_references(ref_metric, matched[0].detach(), frame_dt)[:, 1]  # (B, Q, 3) where the object was
-            out.append(self._sample(feats, was, lidar2img, img_shape, weights[:, :, :, 1], 1))  # (B, Q, C)
+            out.append(self._sample(feats, was, lidar2img, img_shape, weights[:, :, 1], 1))  # (B, Q, C)
         out = self.output_proj(torch.cat(out, -1).to(query.dtype))  # (B, Q, C)
         pos_feat = self.position_encoder(inverse_sigmoid(ref_norm).to(query.dtype))  # (B, Q, C)
         return self.dropout(out) + query + pos_feat, matched
@@ -249,6 +248,10 @@ class DETR3DHead(nn.Module):
             (``grid``, ``step``, ``match_dims``, ``level``) with two frames, and ``loss_weight`` of its
             direct supervision (:func:`~sf3d.models.layers.temporal.matching_loss`; default 0.0, off:
             at the demo budget it cost 0.016 NDS and did not lower mAVE, README "Temporal input").
+        direction: keyword arguments of :class:`~sf3d.models.layers.heading.HeadingDirection`
+            (``offset``, ``loss_weight``): the (sin, cos) code regresses the yaw folded into a
+            half-plane and a classifier per layer says whether the box faces the other way
+            (FCOS3D's direction bins); None (default) regresses the full yaw, as DETR3D.
         pc_range: ``[x0, y0, z0, x1, y1, z1]`` that reference points are normalised to.
         post_center_range, max_num: NMS-free decoding (see :class:`NMSFreeDecoder`).
         code_weights: per-dim L1 weights (``[1] * 8 + [0.2, 0.2]``).
@@ -259,7 +262,7 @@ class DETR3DHead(nn.Module):
     def __init__(self, *, num_classes: int = 10, embed_dims: int = 256, num_heads: int = 8,
                  ffn_dims: int = 1024, dropout: float = 0.1, num_layers: int = 6, num_cams: int = 6,
                  num_levels: int = 4, num_frames: int = 1, velocity_matching: dict | None = None,
-                 pc_range: Sequence[float] = PC_RANGE,
+                 direction: dict | None = None, pc_range: Sequence[float] = PC_RANGE,
                  post_center_range: Sequence[float] = POST_CENTER_RANGE, max_num: int = 300,
                  code_weights: Sequence[float] = (1.0,) * 8 + (0.2, 0.2), cls_weight: float = 2.0,
                  reg_weight: float = 0.25, alpha: float = 0.25, gamma: float = 2.0):
@@ -281,6 +284,8 @@ class DETR3DHead(nn.Module):
         cls, reg = _cls_branch(embed_dims, num_classes), _reg_branch(embed_dims)
         self.cls_branches = nn.ModuleList(copy.deepcopy(cls) for _ in range(num_layers))
         self.reg_branches = nn.ModuleList(copy.deepcopy(reg) for _ in range(num_layers))
+        self.direction = (HeadingDirection(embed_dims=embed_dims, num_layers=num_layers, **direction)
+                          if direction is not None else None)
         self.assigner = HungarianAssigner3D(cls_weight=cls_weight, reg_weight=reg_weight, alpha=alpha, gamma=gamma)
         self.bbox_decoder = NMSFreeDecoder(num_classes=num_classes, max_num=max_num,
                                            post_center_range=post_center_range)
@@ -330,7 +335,8 @@ class DETR3DHead(nn.Module):
         denoising queries first); None attends everywhere.
 
         Returns dict(all_cls_scores (D, B, Q, K) logits, all_bbox_preds (D, B, Q, 10) box codes
-        with absolute centres in metres).
+        with absolute centres in metres; + with ``direction``: all_dir_logits (D, B, Q), and the codes'
+        yaw is folded (:meth:`final_codes` turns it back)).
         """
         if query.shape != query_pos.shape or ref_points.shape != query.shape[:2] + (3,):
             raise ValueError(f'DETR3DHead: query {tuple(query.shape)}, query_pos {tuple(query_pos.shape)} and '
@@ -353,6 +359,8 @@ class DETR3DHead(nn.Module):
             centre = denormalize_points((reg[..., [0, 1, 4]] + inverse_sigmoid(ref)).sigmoid(), self.pc_range)
             all_box.append(torch.cat([centre[..., :2], reg[..., 2:4], centre[..., 2:], reg[..., 5:]], -1))  # (B, Q, 10)
         out = dict(all_cls_scores=torch.stack(all_cls), all_bbox_preds=torch.stack(all_box))
+        if self.direction is not None:
+            out['all_dir_logits'] = self.direction(dec['hidden_states'])  # (D, B, Q)
         if dec['match'] is not None:
             out['all_match'] = dec['match']  # (D, B, Q, K), (D, B, Q, K, 2)
         return out
@@ -361,14 +369,14 @@ class DETR3DHead(nn.Module):
     def _targets(self, cls_logits: Tensor, bbox_preds: Tensor, gt_codes: Tensor, gt_labels: Tensor,
                  fixed: tuple[Tensor, Tensor] | None = None):
         """One sample: (Q, K), (Q, 10), (G, 10), (G,) -> one-hot cls targets (Q, K), bbox targets
-        (Q, 10), bbox weights (Q, 10)."""
+        (Q, 10), bbox weights (Q, 10), the assignment (query indices (M,), GT indices (M,))."""
         pred_idx, gt_idx = self.assigner.assign(cls_logits, bbox_preds, gt_labels, gt_codes, fixed)
         cls_t = torch.zeros_like(cls_logits)
         cls_t[pred_idx, gt_labels[gt_idx]] = 1.0
         box_t = torch.zeros_like(bbox_preds)
         box_w = torch.zeros_like(bbox_preds)
         box_t[pred_idx], box_w[pred_idx] = self._weighted_codes(gt_codes[gt_idx].to(bbox_preds.dtype))
-        return cls_t, box_t, box_w
+        return cls_t, box_t, box_w, (pred_idx, gt_idx)
 
     def _weighted_codes(self, codes: Tensor) -> tuple[Tensor, Tensor]:
         """Target codes (M, 10) -> (codes with NaN set to 0, per-dim L1 weights ``code_weights``, 0 where
@@ -395,8 +403,16 @@ class DETR3DHead(nn.Module):
         loss = matching_loss(log_w[rows], hyp[rows], velocity, sigma).sum()
         losses[f'{prefix}loss_match'] = self.match_weight * loss / num_targets
 
-    def _gt(self, gt_boxes, gt_labels, device) -> tuple[list[Tensor], list[Tensor]]:
-        codes, labels = [], []
+    def _encode(self, boxes: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(M, 9) GT boxes -> (M, 10) target codes (the yaw folded with ``direction``) and (M,)
+        direction targets (None without)."""
+        if self.direction is None:
+            return encode_boxes(boxes), None
+        boxes, turned = self.direction.fold(boxes)
+        return encode_boxes(boxes), turned
+
+    def _gt(self, gt_boxes, gt_labels, device) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
+        codes, labels, turned = [], [], []
         for i, (boxes, lab) in enumerate(zip(gt_boxes, gt_labels)):
             t = boxes.tensor if isinstance(boxes, LiDARBoxes) else torch.as_tensor(boxes)
             t = t.reshape(-1, 9) if t.numel() == 0 else t
@@ -404,9 +420,11 @@ class DETR3DHead(nn.Module):
             if t.dim() != 2 or t.shape[1] != 9 or t.shape[0] != lab.shape[0]:
                 raise ValueError(f'DETR3DHead.loss: sample {i}: gt_boxes must be (G, 9) with G labels, got '
                                  f'{tuple(t.shape)} boxes and {lab.shape[0]} labels')
-            codes.append(encode_boxes(t.to(device=device, dtype=torch.float32)))
+            code, turn = self._encode(t.to(device=device, dtype=torch.float32))
+            codes.append(code)
             labels.append(lab)
-        return codes, labels
+            turned.append(turn)
+        return codes, labels, turned
 
     def loss(self, outputs: dict, gt_boxes: Sequence[Union[LiDARBoxes, Tensor]],
              gt_labels: Sequence[Tensor], fixed_assign: Sequence[tuple[Tensor, Tensor]] | None = None) -> dict:
@@ -421,7 +439,8 @@ class DETR3DHead(nn.Module):
         Returns:
             dict with ``loss_cls``, ``loss_bbox`` (last layer) and ``d{i}.loss_cls``,
             ``d{i}.loss_bbox`` for the earlier layers (+ ``loss_match`` / ``d{i}.loss_match`` of the
-            matched queries with a GT velocity, with a matching ``loss_weight``); all normalised by the batch's
+            matched queries with a GT velocity, with a matching ``loss_weight``; + ``loss_dir`` /
+            ``d{i}.loss_dir`` of the matched queries with ``direction``); all normalised by the batch's
             #GT averaged over the ranks, at least 1
             (:func:`~sf3d.models.layers.loss_normalizer.avg_num_targets`; DETR3D's
             ``sync_cls_avg_factor``). Under torch.distributed every rank must call it.
@@ -431,23 +450,28 @@ class DETR3DHead(nn.Module):
         if len(gt_boxes) != B or len(gt_labels) != B:
             raise ValueError(f'DETR3DHead.loss: batch has {B} samples but got {len(gt_boxes)} gt_boxes and '
                              f'{len(gt_labels)} gt_labels')
-        codes, labels = self._gt(gt_boxes, gt_labels, all_cls.device)
+        codes, labels, turned = self._gt(gt_boxes, gt_labels, all_cls.device)
         num_gt = avg_num_targets(sum(len(lab) for lab in labels), all_cls.device)  # DETR3D's reduce_mean
         losses, match = {}, outputs.get('all_match')
         for lid in range(D):
             cls_l, box_l = all_cls[lid].float(), all_box[lid].float()  # (B, Q, K), (B, Q, 10)
             targets = [self._targets(cls_l[b].detach(), box_l[b].detach(), codes[b], labels[b],
                                      None if fixed_assign is None else fixed_assign[b]) for b in range(B)]
-            cls_t, box_t, box_w = (torch.stack(t) for t in zip(*targets))  # (B, Q, K), (B, Q, 10) x 2
+            cls_t, box_t, box_w = (torch.stack(t) for t in list(zip(*targets))[:3])  # (B, Q, K), (B, Q, 10) x 2
             prefix = '' if lid == D - 1 else f'd{lid}.'
             self._layer_losses(losses, prefix, cls_l, cls_t, box_l, box_t, box_w, num_gt)
+            if self.direction is not None:
+                dir_l = outputs['all_dir_logits'][lid]  # (B, Q)
+                logits = torch.cat([dir_l[b][t[3][0]] for b, t in enumerate(targets)])  # (M,)
+                dir_t = torch.cat([turned[b][t[3][1]] for b, t in enumerate(targets)])  # (M,)
+                losses[f'{prefix}loss_dir'] = self.direction.loss(logits, dir_t, num_gt)
             rows = box_w[..., 8] > 0  # (B, Q) matched, with a GT velocity
             self._match_loss(losses, prefix, None if match is None else tuple(m[lid] for m in match), rows,
                              box_t[..., 8:10][rows], num_gt)
         return losses
 
     def dn_loss(self, all_cls: Tensor, all_box: Tensor, labels: Tensor, boxes: Tensor,
-                match: tuple[Tensor, Tensor] | None = None) -> dict:
+                match: tuple[Tensor, Tensor] | None = None, dir_logits: Tensor | None = None) -> dict:
         """Denoising losses at every decoder layer (no matching: each DN query's target is fixed).
 
         Args:
@@ -459,10 +483,12 @@ class DETR3DHead(nn.Module):
                 (other rows are ignored).
             match: the DN queries' velocity matching ((D, B, Qd, K) log-weights, (D, B, Qd, K, 2)
                 hypotheses; :meth:`forward`'s ``all_match``), or None.
+            dir_logits: the DN queries' (D, B, Qd) direction logits (``all_dir_logits``), needed with
+                ``direction``.
         Returns:
             dict with ``dn.loss_cls``, ``dn.loss_bbox`` (last layer) and ``dn.d{i}.loss_cls``,
             ``dn.d{i}.loss_bbox`` (+ ``dn.loss_match`` / ``dn.d{i}.loss_match`` of the positives with a
-            GT velocity, with ``match``): focal loss over positives and negatives (an all-zero one-hot),
+            GT velocity, with ``match``; + ``dn.loss_dir`` / ``dn.d{i}.loss_dir`` with ``direction``): focal loss over positives and negatives (an all-zero one-hot),
             L1 of weighted box codes over positives (NaN targets carry no loss), each normalised by
             the number of positive DN queries averaged over the ranks, at least 1. Under
             torch.distributed every rank must call it.
@@ -476,7 +502,12 @@ class DETR3DHead(nn.Module):
         cls_t = torch.zeros(B, Qd, K, device=all_cls.device)  # (B, Qd, K)
         cls_t[pos] = nn.functional.one_hot(labels[pos], K).float()
         cls_t = cls_t[scored]  # (S, K)
-        tgt, box_w = self._weighted_codes(encode_boxes(boxes[pos].float()))  # (P, 10) each
+        if (self.direction is None) != (dir_logits is None):
+            raise ValueError(f'DETR3DHead.dn_loss: dir_logits must be given exactly when the head has direction '
+                             f'bins (direction={self.direction is not None}), got '
+                             f'{None if dir_logits is None else tuple(dir_logits.shape)}')
+        codes, turned = self._encode(boxes[pos].float())  # (P, 10), (P,) or None
+        tgt, box_w = self._weighted_codes(codes)  # (P, 10) each
         num_pos = avg_num_targets(int(pos.sum()), all_cls.device)
         losses = {}
         moving = pos.clone()
@@ -487,9 +518,19 @@ class DETR3DHead(nn.Module):
                                box_w, num_pos)
             self._match_loss(losses, prefix, None if match is None else tuple(m[lid] for m in match), moving,
                              tgt[box_w[:, 8] > 0, 8:10], num_pos)
+            if dir_logits is not None:
+                losses[f'{prefix}loss_dir'] = self.direction.loss(dir_logits[lid][pos], turned, num_pos)
         return losses
+
+    def final_codes(self, outputs: dict) -> Tensor:
+        """The last layer's box codes (B, Q, 10) float32, with the full yaw: the direction bins applied
+        where :meth:`forward` gave ``all_dir_logits``."""
+        codes = outputs['all_bbox_preds'][-1].float()
+        if 'all_dir_logits' in outputs:
+            codes = self.direction.unfold_codes(codes, outputs['all_dir_logits'][-1])
+        return codes
 
     @torch.no_grad()
     def predict(self, outputs: dict) -> list[dict]:
         """Last layer -> B dicts ``bboxes_3d (K, 9), scores_3d (K,), labels_3d (K,)`` (NuScenesMetric format)."""
-        return self.bbox_decoder.decode(outputs['all_cls_scores'][-1].float(), outputs['all_bbox_preds'][-1].float())
+        return self.bbox_decoder.decode(outputs['all_cls_scores'][-1].float(), self.final_codes(outputs))

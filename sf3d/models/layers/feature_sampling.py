@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['project_points', 'sample_features']
+__all__ = ['project_points', 'sample_features', 'weighted_features']
 
 
 def project_points(ref_points: Tensor, lidar2img: Tensor, img_shape: Sequence[int],
@@ -52,6 +52,30 @@ def project_points(ref_points: Tensor, lidar2img: Tensor, img_shape: Sequence[in
     return grid, mask
 
 
+def _sample_grid(feats: Sequence[Tensor], ref_points: Tensor, lidar2img: Tensor, img_shape: Sequence[int],
+                 eps: float) -> tuple[Tensor, Tensor]:
+    """:func:`project_points` -> grid (B*N, Q, 1, 2) for ``grid_sample``, with masked points (behind the
+    camera, or off the image) moved far off it so that their samples are exactly zero; mask (B, N, Q)."""
+    if len(feats) == 0:
+        raise ValueError('sample_features: feats is empty; expected a list of (B, N_cam, C, H, W) levels')
+    grid, mask = project_points(ref_points, lidar2img, img_shape, eps)
+    B, N, Q, _ = grid.shape
+    for lvl, feat in enumerate(feats):
+        if feat.dim() != 5 or feat.shape[:2] != (B, N):
+            raise ValueError(f'sample_features: feats[{lvl}] must be (B={B}, N_cam={N}, C, H, W), '
+                             f'got {tuple(feat.shape)}')
+    return torch.where(mask[..., None], grid, grid.new_tensor(-2.0)).view(B * N, Q, 1, 2), mask
+
+
+def _sample_level(feat: Tensor, grid: Tensor) -> Tensor:
+    """One level (B, N, C, H_l, W_l) at grid (B*N, Q, 1, 2) -> (B, N, C, Q) float32 (bfloat16 grid
+    coordinates would be off by pixels at nuScenes resolution)."""
+    B, N, C = feat.shape[:3]
+    s = F.grid_sample(feat.flatten(0, 1).float(), grid, mode='bilinear', padding_mode='zeros',
+                      align_corners=False)  # (B*N, C, Q, 1)
+    return s.view(B, N, C, -1)
+
+
 def sample_features(feats: Sequence[Tensor], ref_points: Tensor, lidar2img: Tensor,
                     img_shape: Sequence[int], eps: float = 1e-5) -> tuple[Tensor, Tensor]:
     """Bilinearly sample every camera and FPN level at the projections of the reference points.
@@ -65,23 +89,20 @@ def sample_features(feats: Sequence[Tensor], ref_points: Tensor, lidar2img: Tens
         sampled (B, C, Q, N, L) float32 features (zero where the mask is False),
         mask (B, Q, N) bool: in front of the camera and inside the image.
     """
-    if len(feats) == 0:
-        raise ValueError('sample_features: feats is empty; expected a list of (B, N_cam, C, H, W) levels')
-    grid, mask = project_points(ref_points, lidar2img, img_shape, eps)
-    B, N, Q, _ = grid.shape
-    # masked points (behind the camera: huge u/v) are clamped to a finite off-image spot
-    grid = grid.clamp(-2.0, 2.0).view(B * N, Q, 1, 2)  # (B*N, Q, 1, 2)
-    sampled = []
-    for lvl, feat in enumerate(feats):
-        if feat.dim() != 5 or feat.shape[:2] != (B, N):
-            raise ValueError(f'sample_features: feats[{lvl}] must be (B={B}, N_cam={N}, C, H, W), '
-                             f'got {tuple(feat.shape)}')
-        C = feat.shape[2]
-        # float32: bfloat16 grid coordinates would be off by pixels at nuScenes resolution
-        x = feat.flatten(0, 1).float()  # (B*N, C, H_l, W_l)
-        s = F.grid_sample(x, grid, mode='bilinear', padding_mode='zeros', align_corners=False)  # (B*N, C, Q, 1)
-        sampled.append(s.view(B, N, C, Q).permute(0, 2, 3, 1))  # (B, C, Q, N)
-    out = torch.stack(sampled, dim=-1)  # (B, C, Q, N, L)
-    mask = mask.transpose(1, 2)  # (B, Q, N)
-    out = out * mask[:, None, :, :, None].to(out.dtype)
-    return out, mask
+    grid, mask = _sample_grid(feats, ref_points, lidar2img, img_shape, eps)
+    sampled = [_sample_level(feat, grid).permute(0, 2, 3, 1) for feat in feats]  # L x (B, C, Q, N)
+    return torch.stack(sampled, dim=-1), mask.transpose(1, 2)  # (B, C, Q, N, L), (B, Q, N)
+
+
+def weighted_features(feats: Sequence[Tensor], ref_points: Tensor, lidar2img: Tensor, img_shape: Sequence[int],
+                      weights: Tensor, eps: float = 1e-5) -> Tensor:
+    """The samples of :func:`sample_features` summed over cameras and levels with ``weights``
+    (B, Q, N, L) -> (B, Q, C) float32 (DETR3D's weighted sum), without building the (B, C, Q, N, L)
+    samples: one product per level, on each level's own layout."""
+    grid, _ = _sample_grid(feats, ref_points, lidar2img, img_shape, eps)
+    B, Q, N, L = weights.shape
+    if L != len(feats):
+        raise ValueError(f'weighted_features: weights (B, Q, N, L) has L={L}, got {len(feats)} levels')
+    w = weights.float().permute(0, 2, 3, 1)  # (B, N, L, Q)
+    out = sum((_sample_level(feat, grid) * w[:, :, None, lvl]).sum(1) for lvl, feat in enumerate(feats))  # (B, C, Q)
+    return out.transpose(1, 2)  # (B, Q, C)

@@ -1,0 +1,84 @@
+"""Heading direction bins: the yaw regressed modulo pi, its direction classified (FCOS3D, SECOND).
+
+A box's sin / cos yaw code cannot tell front from back where the image cannot: a cuboid, a box
+seen end-on, a parked car whose way is set only by the lane it stands in. An L1 regression of
+(sin, cos) then averages two opposite targets towards zero, and both the axis and the direction
+are lost. With direction bins (FCOS3D's ``dir_cls``, SECOND's direction classifier) the regression
+sees the yaw folded into one half-plane, ``[offset - pi / 2, offset + pi / 2)``, where the axis
+alone fixes it, and a binary classifier says whether the box faces the other way. ``offset``
+(FCOS3D: pi / 4) keeps the fold's seam off the road-aligned yaws (0, +-pi / 2, pi) where most boxes lie.
+
+Measured before this module (``tools/analysis/nds_oracle.py``, the demo model, seed 0): turning
+each predicted box by pi where that is closer to the GT cut mAOE from 1.43 to 0.33 rad: the axis
+was learned, the direction was not.
+
+Axis names: D decoder layers, B batch, Q queries, C channels.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+__all__ = ['fold_yaw', 'unfold_yaw', 'HeadingDirection']
+
+
+def fold_yaw(yaw: Tensor, offset: float) -> tuple[Tensor, Tensor]:
+    """yaw (...) rad -> (the yaw folded into ``[offset - pi/2, offset + pi/2)`` (...), 1.0 where it
+    was turned by pi, else 0.0 (...))."""
+    turns = torch.floor((yaw - (offset - math.pi / 2)) / math.pi)  # (...) half-turns above the half-plane
+    return yaw - turns * math.pi, torch.remainder(turns, 2)
+
+
+def unfold_yaw(yaw: Tensor, logits: Tensor, offset: float) -> Tensor:
+    """A predicted yaw (...) folded into the half-plane, turned by pi where the direction logit (...)
+    is positive, wrapped to ``[-pi, pi)``."""
+    folded, _ = fold_yaw(yaw, offset)
+    turned = folded + math.pi * (logits > 0).to(folded.dtype)
+    return torch.remainder(turned + math.pi, 2 * math.pi) - math.pi
+
+
+class HeadingDirection(nn.Module):
+    """One direction classifier per decoder layer (a two-layer MLP to one logit) and its loss.
+
+    Args:
+        embed_dims: C of the decoder's hidden states.
+        num_layers: D, one branch per decoder layer.
+        offset: the centre of the half-plane the regression sees (rad; FCOS3D's ``dir_offset``).
+        loss_weight: weight of the binary cross-entropy, summed over matched queries and divided
+            by the head's normaliser (the number of GT), like the head's L1.
+    """
+
+    def __init__(self, *, embed_dims: int = 256, num_layers: int = 6, offset: float = math.pi / 4,
+                 loss_weight: float = 0.25):
+        super().__init__()
+        if not -math.pi <= offset <= math.pi or loss_weight < 0:
+            raise ValueError(f'HeadingDirection: offset must lie in [-pi, pi] and loss_weight be >= 0, '
+                             f'got offset={offset}, loss_weight={loss_weight}')
+        self.offset, self.loss_weight = float(offset), float(loss_weight)
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Linear(embed_dims, embed_dims), nn.ReLU(inplace=True), nn.Linear(embed_dims, 1))
+            for _ in range(num_layers))
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        """(D, B, Q, C) decoder hidden states -> (D, B, Q) direction logits (> 0: turned by pi)."""
+        return torch.stack([branch(h)[..., 0] for branch, h in zip(self.branches, hidden_states)])
+
+    def fold(self, boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """(..., 9) boxes ``[x, y, z_bottom, l, w, h, yaw, vx, vy]`` -> (the boxes with their yaw folded
+        (..., 9), direction targets (...) in {0, 1})."""
+        yaw, turned = fold_yaw(boxes[..., 6], self.offset)
+        return torch.cat([boxes[..., :6], yaw[..., None], boxes[..., 7:]], -1), turned
+
+    def loss(self, logits: Tensor, targets: Tensor, normaliser: float) -> Tensor:
+        """Weighted binary cross-entropy of logits (M,) against targets (M,), summed, / normaliser."""
+        bce = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction='sum')
+        return self.loss_weight * bce / normaliser
+
+    def unfold_codes(self, codes: Tensor, logits: Tensor) -> Tensor:
+        """Box codes (..., 10) with a folded (sin, cos) yaw and their logits (...) -> the codes with the
+        full yaw."""
+        yaw = unfold_yaw(torch.atan2(codes[..., 6], codes[..., 7]), logits.to(codes.dtype), self.offset)
+        return torch.cat([codes[..., :6], yaw.sin()[..., None], yaw.cos()[..., None], codes[..., 8:]], -1)
