@@ -238,6 +238,19 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+def overfit(head, args, gt, labels, steps=200):
+    """Train ``head`` on one sample (Adam 3e-3, cosine) -> its predictions for that sample."""
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(steps):
+        loss = sum(head.loss(head(*args), [gt], [labels]).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return head.predict(head(*args))[0]
+
+
 def test_tiny_overfit_reaches_gt(one_thread):
     torch.manual_seed(0)
     head = _tiny_head(dropout=0.0)
@@ -246,15 +259,7 @@ def test_tiny_overfit_reaches_gt(one_thread):
                        [-8.0, 6.0, -1.0, 0.8, 0.7, 1.7, -1.2, 0.0, 0.5],
                        [2.0, -12.0, -0.5, 10.0, 2.8, 3.5, 2.5, -1.0, 1.0]])
     labels = torch.tensor([0, 7, 3])
-    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 200)
-    for _ in range(200):
-        loss = sum(head.loss(head(*args), [gt], [labels]).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    pred = head.predict(head(*args))[0]
+    pred = overfit(head, args, gt, labels)
     top = pred['bboxes_3d'][:3]
     assert sorted(pred['labels_3d'][:3].tolist()) == sorted(labels.tolist())
     for box, lab in zip(top, pred['labels_3d'][:3]):

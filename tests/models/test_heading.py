@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from detector_utils import batched_cameras, build, samples_for, single_thread_fixture
-from test_detr3d_head import _inputs, _tiny_head
+from test_detr3d_head import _inputs, _tiny_head, overfit
 from test_fixed_assignment import assign_batch
 
 from sf3d.models.layers.heading import HeadingDirection, fold_yaw, unfold_yaw
@@ -89,15 +89,7 @@ def test_overfit_recovers_both_directions():
                        [-8.0, 6.0, -1.0, 4.0, 1.8, 1.7, 0.4 + math.pi, 0.0, 0.5],  # the same axis, turned
                        [2.0, -12.0, -0.5, 10.0, 2.8, 3.5, -1.2, -1.0, 1.0]])     # turned (folded 1.94)
     labels = torch.tensor([0, 1, 3])
-    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 200)
-    for _ in range(200):
-        loss = sum(head.loss(head(*args), [gt], [labels]).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    pred = head.predict(head(*args))[0]
+    pred = overfit(head, args, gt, labels)
     assert sorted(pred['labels_3d'][:3].tolist()) == sorted(labels.tolist())
     for box, lab in zip(pred['bboxes_3d'][:3], pred['labels_3d'][:3]):
         g = gt[labels == lab][0]
