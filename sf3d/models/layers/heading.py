@@ -10,7 +10,8 @@ alone fixes it, and a binary classifier says whether the box faces the other way
 
 Measured before this module (``tools/analysis/nds_oracle.py``, the demo model, seed 0): turning
 each predicted box by pi where that is closer to the GT cut mAOE from 1.43 to 0.33 rad: the axis
-was learned, the direction was not.
+was learned, the direction was not. With it (demo budget, 3 seeds): mAOE 1.38 -> 1.02 at lr 1e-3,
+0.73 at lr 3e-3 (README, "Convergence").
 
 Axis names: D decoder layers, B batch, Q queries, C channels.
 """
