@@ -457,13 +457,14 @@ class DETR3DHead(nn.Module):
             cls_l, box_l = all_cls[lid].float(), all_box[lid].float()  # (B, Q, K), (B, Q, 10)
             targets = [self._targets(cls_l[b].detach(), box_l[b].detach(), codes[b], labels[b],
                                      None if fixed_assign is None else fixed_assign[b]) for b in range(B)]
-            cls_t, box_t, box_w = (torch.stack(t) for t in list(zip(*targets))[:3])  # (B, Q, K), (B, Q, 10) x 2
+            cls_t, box_t, box_w, assigned = zip(*targets)
+            cls_t, box_t, box_w = (torch.stack(t) for t in (cls_t, box_t, box_w))  # (B, Q, K), (B, Q, 10) x 2
             prefix = '' if lid == D - 1 else f'd{lid}.'
             self._layer_losses(losses, prefix, cls_l, cls_t, box_l, box_t, box_w, num_gt)
-            if self.direction is not None:
+            if self.direction is not None:  # the matched queries against their GT's direction
                 dir_l = outputs['all_dir_logits'][lid]  # (B, Q)
-                logits = torch.cat([dir_l[b][t[3][0]] for b, t in enumerate(targets)])  # (M,)
-                dir_t = torch.cat([turned[b][t[3][1]] for b, t in enumerate(targets)])  # (M,)
+                logits = torch.cat([dir_l[b][q] for b, (q, _) in enumerate(assigned)])  # (M,)
+                dir_t = torch.cat([turned[b][g] for b, (_, g) in enumerate(assigned)])  # (M,)
                 losses[f'{prefix}loss_dir'] = self.direction.loss(logits, dir_t, num_gt)
             rows = box_w[..., 8] > 0  # (B, Q) matched, with a GT velocity
             self._match_loss(losses, prefix, None if match is None else tuple(m[lid] for m in match), rows,
@@ -488,8 +489,9 @@ class DETR3DHead(nn.Module):
         Returns:
             dict with ``dn.loss_cls``, ``dn.loss_bbox`` (last layer) and ``dn.d{i}.loss_cls``,
             ``dn.d{i}.loss_bbox`` (+ ``dn.loss_match`` / ``dn.d{i}.loss_match`` of the positives with a
-            GT velocity, with ``match``; + ``dn.loss_dir`` / ``dn.d{i}.loss_dir`` with ``direction``): focal loss over positives and negatives (an all-zero one-hot),
-            L1 of weighted box codes over positives (NaN targets carry no loss), each normalised by
+            GT velocity, with ``match``; + ``dn.loss_dir`` / ``dn.d{i}.loss_dir`` with ``direction``):
+            focal loss over positives and negatives (an all-zero one-hot), L1 of weighted box codes
+            over positives (NaN targets carry no loss), each normalised by
             the number of positive DN queries averaged over the ranks, at least 1. Under
             torch.distributed every rank must call it.
         """

@@ -53,16 +53,16 @@ def project_points(ref_points: Tensor, lidar2img: Tensor, img_shape: Sequence[in
 
 
 def _sample_grid(feats: Sequence[Tensor], ref_points: Tensor, lidar2img: Tensor, img_shape: Sequence[int],
-                 eps: float) -> tuple[Tensor, Tensor]:
+                 eps: float, caller: str) -> tuple[Tensor, Tensor]:
     """:func:`project_points` -> grid (B*N, Q, 1, 2) for ``grid_sample``, with masked points (behind the
     camera, or off the image) moved far off it so that their samples are exactly zero; mask (B, N, Q)."""
     if len(feats) == 0:
-        raise ValueError('sample_features: feats is empty; expected a list of (B, N_cam, C, H, W) levels')
+        raise ValueError(f'{caller}: feats is empty; expected a list of (B, N_cam, C, H, W) levels')
     grid, mask = project_points(ref_points, lidar2img, img_shape, eps)
     B, N, Q, _ = grid.shape
     for lvl, feat in enumerate(feats):
         if feat.dim() != 5 or feat.shape[:2] != (B, N):
-            raise ValueError(f'sample_features: feats[{lvl}] must be (B={B}, N_cam={N}, C, H, W), '
+            raise ValueError(f'{caller}: feats[{lvl}] must be (B={B}, N_cam={N}, C, H, W), '
                              f'got {tuple(feat.shape)}')
     return torch.where(mask[..., None], grid, grid.new_tensor(-2.0)).view(B * N, Q, 1, 2), mask
 
@@ -89,7 +89,7 @@ def sample_features(feats: Sequence[Tensor], ref_points: Tensor, lidar2img: Tens
         sampled (B, C, Q, N, L) float32 features (zero where the mask is False),
         mask (B, Q, N) bool: in front of the camera and inside the image.
     """
-    grid, mask = _sample_grid(feats, ref_points, lidar2img, img_shape, eps)
+    grid, mask = _sample_grid(feats, ref_points, lidar2img, img_shape, eps, 'sample_features')
     sampled = [_sample_level(feat, grid).permute(0, 2, 3, 1) for feat in feats]  # L x (B, C, Q, N)
     return torch.stack(sampled, dim=-1), mask.transpose(1, 2)  # (B, C, Q, N, L), (B, Q, N)
 
@@ -99,7 +99,7 @@ def weighted_features(feats: Sequence[Tensor], ref_points: Tensor, lidar2img: Te
     """The samples of :func:`sample_features` summed over cameras and levels with ``weights``
     (B, Q, N, L) -> (B, Q, C) float32 (DETR3D's weighted sum), without building the (B, C, Q, N, L)
     samples: one product per level, on each level's own layout."""
-    grid, _ = _sample_grid(feats, ref_points, lidar2img, img_shape, eps)
+    grid, _ = _sample_grid(feats, ref_points, lidar2img, img_shape, eps, 'weighted_features')
     B, Q, N, L = weights.shape
     if L != len(feats):
         raise ValueError(f'weighted_features: weights (B, Q, N, L) has L={L}, got {len(feats)} levels')
