@@ -687,8 +687,8 @@ class MultiViewDetector(BaseModel):
             ``'tensor'``: ``dict(all_cls_scores (D, B, Q, K) logits, all_bbox_preds (D, B, Q, 10)
             box codes with centres in metres, ref_points (B, Q, 3) the initial reference points
             in metres)`` (+ ``all_dir_logits`` (D, B, Q) with the head's ``direction`` bins: the codes'
-            yaw is then folded, ``head.final_codes`` turns it back); Q = N_cam * M * Z (or ``num_select``) + ``global_queries`` in spatial-token
-            mode, ``num_queries`` otherwise.
+            yaw is then folded, ``head.final_codes`` turns it back); Q = N_cam * M * Z (or
+            ``num_select``) + ``global_queries`` in spatial-token mode, ``num_queries`` otherwise.
         """
         if mode not in ('loss', 'predict', 'tensor'):
             raise ValueError(f"MultiViewDetector: mode must be 'loss', 'predict' or 'tensor', got {mode!r}")

@@ -2,8 +2,9 @@
 
 DETR3D: 3D Object Detection from Multi-view Images via 3D-to-2D Queries (Wang et al., CoRL 2021).
 Each query carries a 3D reference point; cross-attention projects it into every camera and
-FPN level (:func:`sf3d.models.layers.feature_sampling.sample_features`), weighs the samples
-with sigmoid weights over cameras x levels, and adds an MLP encoding of the reference point.
+FPN level, weighs the samples with sigmoid weights over cameras x levels
+(:func:`sf3d.models.layers.feature_sampling.weighted_features`), and adds an MLP encoding of the
+reference point.
 Every layer has its own classification / regression branches (iterative box refinement; the
 refined reference point is detached before the next layer) and a loss.
 
