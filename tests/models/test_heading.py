@@ -109,7 +109,7 @@ def test_detector_splits_dn_direction_logits_and_predicts():
     assert out['dn_dir_logits'].shape[2] == Qd and out['all_dir_logits'].shape == out['all_cls_scores'].shape[:3]
     losses = det.loss(out, samples, cameras, (64, 96))
     dn_cls, dn_box, _ = out['dn_outputs']
-    expected = det.head.dn_loss(dn_cls, dn_box, dn['labels'], dn['boxes'], dir_logits=out['dn_dir_logits'])
+    expected = det.head.dn_loss(dn_cls, dn_box, dn['labels'], dn['boxes'], flag_logits=dict(dir=out['dn_dir_logits']))
     for key in ('dn.loss_dir', 'dn.d0.loss_dir'):
         torch.testing.assert_close(losses[key], expected[key])
     assert {'loss_dir', 'd0.loss_dir'} <= set(losses)
@@ -128,10 +128,10 @@ def test_errors():
     out = head(*_inputs(Q=4))
     boxes = torch.zeros(2, 4, 9)
     boxes[..., 3:6] = 1.0
-    with pytest.raises(ValueError, match='dir_logits'):
+    with pytest.raises(ValueError, match='flag_logits'):
         head.dn_loss(out['all_cls_scores'], out['all_bbox_preds'], torch.zeros(2, 4, dtype=torch.long), boxes)
     plain = _tiny_head()
     out = plain(*_inputs(Q=4))
-    with pytest.raises(ValueError, match='dir_logits'):
+    with pytest.raises(ValueError, match='flag_logits'):
         plain.dn_loss(out['all_cls_scores'], out['all_bbox_preds'], torch.zeros(2, 4, dtype=torch.long), boxes,
-                      dir_logits=torch.zeros(2, 2, 4))
+                      flag_logits=dict(dir=torch.zeros(2, 2, 4)))

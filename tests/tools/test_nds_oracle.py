@@ -108,5 +108,11 @@ def test_pairing_and_oracles_by_hand():
     moving = tool.apply_oracle(box, pairs[0], 'velocity')
     assert moving['velocity'] == [5.0, 0.0] and moving['attribute_name'] == 'vehicle.moving'
     assert tool.apply_oracle(far, None, 'velocity') == far and box['velocity'] == [0.0, 0.0]  # copies
+    # moving_state: a moving GT keeps the predicted velocity, a still one (0.1 m/s) zeroes it
+    noisy = dict(box, velocity=[0.3, 0.4], attribute_name='vehicle.parked')
+    kept = tool.apply_oracle(noisy, pairs[0], 'moving_state')
+    assert kept['velocity'] == [0.3, 0.4] and kept['attribute_name'] == 'vehicle.moving'
+    still = tool.apply_oracle(noisy, _Gt('car', (10.0, 0.0), velocity=(0.1, 0.0)), 'moving_state')
+    assert still['velocity'] == [0.0, 0.0] and still['attribute_name'] == 'vehicle.parked'
     with pytest.raises(ValueError, match="unknown oracle 'speed'"):
         tool.apply_oracle(box, pairs[0], 'speed')

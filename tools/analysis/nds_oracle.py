@@ -14,6 +14,8 @@ paired boxes (unpaired boxes stay as predicted):
 velocity            the GT velocity; the attribute follows it by the metric's own rule
                     (``sf3d.evaluation.nuscenes_metric.assign_attribute``, mmdet3d's)
 zero_velocity       velocity 0 for every box (no oracle: what predicting "static" scores)
+moving_state        velocity 0 where the GT stands still (speed <= 0.2 m/s), the predicted velocity
+                    where it moves; the attribute follows (what a perfect ``head.moving`` flag gives)
 attribute           the GT attribute
 orientation_flip    the yaw turned by 180 degrees where that is closer to the GT yaw (the
                     front/back ambiguity alone)
@@ -43,8 +45,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-ORACLES = ('velocity', 'zero_velocity', 'attribute', 'orientation_flip', 'orientation', 'size', 'translation')
-DEFAULT_ORACLES = ('velocity', 'zero_velocity', 'orientation_flip', 'orientation', 'size', 'translation')
+ORACLES = ('velocity', 'zero_velocity', 'moving_state', 'attribute', 'orientation_flip', 'orientation', 'size',
+           'translation')
+DEFAULT_ORACLES = ('velocity', 'zero_velocity', 'moving_state', 'orientation_flip', 'orientation', 'size',
+                   'translation')
 TP_KEYS = (('mATE', 'trans_err'), ('mASE', 'scale_err'), ('mAOE', 'orient_err'), ('mAVE', 'vel_err'),
            ('mAAE', 'attr_err'))
 
@@ -81,7 +85,7 @@ def pair_with_gt(boxes: Sequence[dict], gt: Sequence, radius: float) -> List[Opt
 def apply_oracle(box: dict, gt, oracle: str) -> dict:
     """A copy of the submission ``box`` with ``oracle`` applied from its paired GT box (None: unpaired,
     unchanged except for ``zero_velocity``, which needs no GT)."""
-    from sf3d.evaluation.nuscenes_metric import assign_attribute
+    from sf3d.evaluation.nuscenes_metric import MOVING_SPEED, assign_attribute
     if oracle not in ORACLES:
         raise ValueError(f'unknown oracle {oracle!r}; choose from {ORACLES}')
     box = copy.deepcopy(box)
@@ -93,6 +97,10 @@ def apply_oracle(box: dict, gt, oracle: str) -> dict:
         return box
     if oracle == 'velocity':
         box['velocity'] = [float(v) for v in gt.velocity]
+        box['attribute_name'] = assign_attribute(box['detection_name'], box['velocity'])
+    elif oracle == 'moving_state':
+        if math.hypot(*gt.velocity[:2]) <= MOVING_SPEED:
+            box['velocity'] = [0.0, 0.0]
         box['attribute_name'] = assign_attribute(box['detection_name'], box['velocity'])
     elif oracle == 'attribute':
         box['attribute_name'] = gt.attribute_name

@@ -639,9 +639,9 @@ class MultiViewDetector(BaseModel):
             if 'all_match' in outputs:  # (D, B, Q, K), (D, B, Q, K, 2) split as the queries
                 outputs['dn_match'] = tuple(m[:, :, :Qd] for m in outputs['all_match'])
                 outputs['all_match'] = tuple(m[:, :, Qd:] for m in outputs['all_match'])
-            if 'all_dir_logits' in outputs:  # (D, B, Q)
-                outputs['dn_dir_logits'] = outputs['all_dir_logits'][:, :, :Qd]
-                outputs['all_dir_logits'] = outputs['all_dir_logits'][:, :, Qd:]
+            for key in (f'{flag.key}_logits' for flag in self.head.flags()):  # (D, B, Q) each
+                outputs[f'dn_{key}'] = outputs[f'all_{key}'][:, :, :Qd]
+                outputs[f'all_{key}'] = outputs[f'all_{key}'][:, :, Qd:]
             outputs['all_cls_scores'] = outputs['all_cls_scores'][:, :, Qd:]  # (D, B, Q, K)
             outputs['all_bbox_preds'] = outputs['all_bbox_preds'][:, :, Qd:]  # (D, B, Q, 10)
             ref = ref[:, Qd:]
@@ -686,8 +686,9 @@ class MultiViewDetector(BaseModel):
             LiDARBoxes (K, 9), scores_3d (K,), labels_3d (K,) int64))`` (NuScenesMetric's format).
             ``'tensor'``: ``dict(all_cls_scores (D, B, Q, K) logits, all_bbox_preds (D, B, Q, 10)
             box codes with centres in metres, ref_points (B, Q, 3) the initial reference points
-            in metres)`` (+ ``all_dir_logits`` (D, B, Q) with the head's ``direction`` bins: the codes'
-            yaw is then folded, ``head.final_codes`` turns it back); Q = N_cam * M * Z (or
+            in metres)`` (+ ``all_dir_logits`` / ``all_moving_logits`` (D, B, Q) with the head's
+            ``direction`` / ``moving`` flags: the codes' yaw is then folded, ``head.final_codes`` turns it
+            back and zeroes the velocity of static boxes); Q = N_cam * M * Z (or
             ``num_select``) + ``global_queries`` in spatial-token mode, ``num_queries`` otherwise.
         """
         if mode not in ('loss', 'predict', 'tensor'):
@@ -741,8 +742,9 @@ class MultiViewDetector(BaseModel):
         losses.update(token_losses)
         if 'dn_outputs' in outputs:
             dn_cls, dn_box, dn = outputs['dn_outputs']
+            flag_logits = {flag.key: outputs[f'dn_{flag.key}_logits'] for flag in self.head.flags()}
             losses.update(self.head.dn_loss(dn_cls, dn_box, dn['labels'], dn['boxes'], outputs.get('dn_match'),
-                                            outputs.get('dn_dir_logits')))
+                                            flag_logits))
         if 'pixel_preds' in outputs:
             losses.update(self._pixel_losses(outputs['pixel_preds'], boxes, labels, cameras))
         if 'motion' in outputs:
@@ -798,7 +800,8 @@ class MultiViewDetector(BaseModel):
         """The last layer's box codes with the velocity read from the dense motion where a current
         view sees the box centre (:func:`~sf3d.models.layers.motion.motion_velocity`), and with
         ``heading_speed`` the heading of boxes that drive backwards turned around. The codes carry the
-        full yaw (:meth:`DETR3DHead.final_codes`), so the direction logits are spent here."""
+        full yaw (:meth:`DETR3DHead.final_codes`) and the head's ``moving`` flag zeroes the read velocity
+        of static boxes too, so the flags' logits are spent here."""
         N = cameras.num_cams // 2
         codes = self.head.final_codes(outputs)  # (B, Q, 10)
         centres = codes[..., [0, 1, 4]]  # (B, Q, 3) the code's (cx, cy, cz): gravity centres
@@ -811,8 +814,11 @@ class MultiViewDetector(BaseModel):
             back = seen & (velocity.norm(dim=-1) > self.motion.heading_speed) & ((heading * direction).sum(-1) < 0)
             heading = torch.where(back[..., None], -heading, heading)
         codes = torch.cat([codes[..., :6], heading, velocity], -1)
+        if self.head.moving is not None:
+            codes = self.head.moving.apply(codes, outputs['all_moving_logits'][-1])
         all_preds = outputs['all_bbox_preds']
-        outputs = {k: v for k, v in outputs.items() if k != 'all_dir_logits'}
+        spent = {f'all_{flag.key}_logits' for flag in self.head.flags()}
+        outputs = {k: v for k, v in outputs.items() if k not in spent}
         return dict(outputs, all_bbox_preds=torch.cat([all_preds[:-1], codes[None].to(all_preds.dtype)], 0))
 
     def _dense_losses(self, name: str, weights: dict, logits: Tensor, depths: Tensor, tgt_labels: Tensor,

@@ -38,6 +38,7 @@ from sf3d.models.heads.box_coder import (CODE_SIZE, PC_RANGE, POST_CENTER_RANGE,
                                          normalize_points)
 from sf3d.models.layers.attention import Attention
 from sf3d.models.layers.feature_sampling import sample_features, weighted_features
+from sf3d.models.layers.box_flags import BoxFlag, MovingState
 from sf3d.models.layers.heading import HeadingDirection
 from sf3d.models.layers.loss_normalizer import avg_num_targets
 from sf3d.models.layers.temporal import VelocityMatching, frame_references, matching_loss
@@ -253,6 +254,9 @@ class DETR3DHead(nn.Module):
             (``offset``, ``loss_weight``): the (sin, cos) code regresses the yaw folded into a
             half-plane and a classifier per layer says whether the box faces the other way
             (FCOS3D's direction bins); None (default) regresses the full yaw, as DETR3D.
+        moving: keyword arguments of :class:`~sf3d.models.layers.box_flags.MovingState` (``speed``,
+            ``loss_weight``): a classifier per layer says whether the box moves, and a box it calls
+            static predicts velocity 0; None (default) keeps the regressed velocity, as DETR3D.
         pc_range: ``[x0, y0, z0, x1, y1, z1]`` that reference points are normalised to.
         post_center_range, max_num: NMS-free decoding (see :class:`NMSFreeDecoder`).
         code_weights: per-dim L1 weights (``[1] * 8 + [0.2, 0.2]``).
@@ -263,7 +267,7 @@ class DETR3DHead(nn.Module):
     def __init__(self, *, num_classes: int = 10, embed_dims: int = 256, num_heads: int = 8,
                  ffn_dims: int = 1024, dropout: float = 0.1, num_layers: int = 6, num_cams: int = 6,
                  num_levels: int = 4, num_frames: int = 1, velocity_matching: dict | None = None,
-                 direction: dict | None = None, pc_range: Sequence[float] = PC_RANGE,
+                 direction: dict | None = None, moving: dict | None = None, pc_range: Sequence[float] = PC_RANGE,
                  post_center_range: Sequence[float] = POST_CENTER_RANGE, max_num: int = 300,
                  code_weights: Sequence[float] = (1.0,) * 8 + (0.2, 0.2), cls_weight: float = 2.0,
                  reg_weight: float = 0.25, alpha: float = 0.25, gamma: float = 2.0):
@@ -287,6 +291,8 @@ class DETR3DHead(nn.Module):
         self.reg_branches = nn.ModuleList(copy.deepcopy(reg) for _ in range(num_layers))
         self.direction = (HeadingDirection(embed_dims=embed_dims, num_layers=num_layers, **direction)
                           if direction is not None else None)
+        self.moving = (MovingState(embed_dims=embed_dims, num_layers=num_layers, **moving)
+                       if moving is not None else None)
         self.assigner = HungarianAssigner3D(cls_weight=cls_weight, reg_weight=reg_weight, alpha=alpha, gamma=gamma)
         self.bbox_decoder = NMSFreeDecoder(num_classes=num_classes, max_num=max_num,
                                            post_center_range=post_center_range)
@@ -323,6 +329,10 @@ class DETR3DHead(nn.Module):
         for branch in self.cls_branches:
             nn.init.constant_(branch[-1].bias, PRIOR_BIAS)
 
+    def flags(self) -> list[BoxFlag]:
+        """The box flags this head classifies (direction, moving), in that order."""
+        return [f for f in (self.direction, self.moving) if f is not None]
+
     def forward(self, query: Tensor, query_pos: Tensor, ref_points: Tensor, feats: Sequence[Tensor],
                 lidar2img: Tensor, img_shape: Sequence[int], attn_mask: Tensor | None = None,
                 frame_dt: Tensor | None = None) -> dict:
@@ -337,7 +347,7 @@ class DETR3DHead(nn.Module):
 
         Returns dict(all_cls_scores (D, B, Q, K) logits, all_bbox_preds (D, B, Q, 10) box codes
         with absolute centres in metres; + with ``direction``: all_dir_logits (D, B, Q), and the codes'
-        yaw is folded (:meth:`final_codes` turns it back)).
+        yaw is folded; + with ``moving``: all_moving_logits (D, B, Q); :meth:`final_codes` applies them).
         """
         if query.shape != query_pos.shape or ref_points.shape != query.shape[:2] + (3,):
             raise ValueError(f'DETR3DHead: query {tuple(query.shape)}, query_pos {tuple(query_pos.shape)} and '
@@ -360,8 +370,8 @@ class DETR3DHead(nn.Module):
             centre = denormalize_points((reg[..., [0, 1, 4]] + inverse_sigmoid(ref)).sigmoid(), self.pc_range)
             all_box.append(torch.cat([centre[..., :2], reg[..., 2:4], centre[..., 2:], reg[..., 5:]], -1))  # (B, Q, 10)
         out = dict(all_cls_scores=torch.stack(all_cls), all_bbox_preds=torch.stack(all_box))
-        if self.direction is not None:
-            out['all_dir_logits'] = self.direction(dec['hidden_states'])  # (D, B, Q)
+        for flag in self.flags():
+            out[f'all_{flag.key}_logits'] = flag(dec['hidden_states'])  # (D, B, Q)
         if dec['match'] is not None:
             out['all_match'] = dec['match']  # (D, B, Q, K), (D, B, Q, K, 2)
         return out
@@ -404,16 +414,16 @@ class DETR3DHead(nn.Module):
         loss = matching_loss(log_w[rows], hyp[rows], velocity, sigma).sum()
         losses[f'{prefix}loss_match'] = self.match_weight * loss / num_targets
 
-    def _encode(self, boxes: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(M, 9) GT boxes -> (M, 10) target codes (the yaw folded with ``direction``) and (M,)
-        direction targets (None without)."""
-        if self.direction is None:
-            return encode_boxes(boxes), None
-        boxes, turned = self.direction.fold(boxes)
-        return encode_boxes(boxes), turned
+    def _encode(self, boxes: Tensor) -> tuple[Tensor, dict]:
+        """(M, 9) GT boxes -> (M, 10) target codes (the yaw folded with ``direction``) and each flag's (M,)
+        targets by key."""
+        targets = {flag.key: flag.targets(boxes) for flag in self.flags()}
+        if self.direction is not None:
+            boxes = self.direction.fold(boxes)
+        return encode_boxes(boxes), targets
 
-    def _gt(self, gt_boxes, gt_labels, device) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
-        codes, labels, turned = [], [], []
+    def _gt(self, gt_boxes, gt_labels, device) -> tuple[list[Tensor], list[Tensor], list[dict]]:
+        codes, labels, flag_targets = [], [], []
         for i, (boxes, lab) in enumerate(zip(gt_boxes, gt_labels)):
             t = boxes.tensor if isinstance(boxes, LiDARBoxes) else torch.as_tensor(boxes)
             t = t.reshape(-1, 9) if t.numel() == 0 else t
@@ -421,11 +431,11 @@ class DETR3DHead(nn.Module):
             if t.dim() != 2 or t.shape[1] != 9 or t.shape[0] != lab.shape[0]:
                 raise ValueError(f'DETR3DHead.loss: sample {i}: gt_boxes must be (G, 9) with G labels, got '
                                  f'{tuple(t.shape)} boxes and {lab.shape[0]} labels')
-            code, turn = self._encode(t.to(device=device, dtype=torch.float32))
+            code, targets = self._encode(t.to(device=device, dtype=torch.float32))
             codes.append(code)
             labels.append(lab)
-            turned.append(turn)
-        return codes, labels, turned
+            flag_targets.append(targets)
+        return codes, labels, flag_targets
 
     def loss(self, outputs: dict, gt_boxes: Sequence[Union[LiDARBoxes, Tensor]],
              gt_labels: Sequence[Tensor], fixed_assign: Sequence[tuple[Tensor, Tensor]] | None = None) -> dict:
@@ -441,7 +451,8 @@ class DETR3DHead(nn.Module):
             dict with ``loss_cls``, ``loss_bbox`` (last layer) and ``d{i}.loss_cls``,
             ``d{i}.loss_bbox`` for the earlier layers (+ ``loss_match`` / ``d{i}.loss_match`` of the
             matched queries with a GT velocity, with a matching ``loss_weight``; + ``loss_dir`` /
-            ``d{i}.loss_dir`` of the matched queries with ``direction``); all normalised by the batch's
+            ``d{i}.loss_dir`` and ``loss_moving`` / ``d{i}.loss_moving`` of the matched queries with
+            ``direction`` and ``moving``); all normalised by the batch's
             #GT averaged over the ranks, at least 1
             (:func:`~sf3d.models.layers.loss_normalizer.avg_num_targets`; DETR3D's
             ``sync_cls_avg_factor``). Under torch.distributed every rank must call it.
@@ -451,7 +462,7 @@ class DETR3DHead(nn.Module):
         if len(gt_boxes) != B or len(gt_labels) != B:
             raise ValueError(f'DETR3DHead.loss: batch has {B} samples but got {len(gt_boxes)} gt_boxes and '
                              f'{len(gt_labels)} gt_labels')
-        codes, labels, turned = self._gt(gt_boxes, gt_labels, all_cls.device)
+        codes, labels, flag_targets = self._gt(gt_boxes, gt_labels, all_cls.device)
         num_gt = avg_num_targets(sum(len(lab) for lab in labels), all_cls.device)  # DETR3D's reduce_mean
         losses, match = {}, outputs.get('all_match')
         for lid in range(D):
@@ -462,18 +473,18 @@ class DETR3DHead(nn.Module):
             cls_t, box_t, box_w = (torch.stack(t) for t in (cls_t, box_t, box_w))  # (B, Q, K), (B, Q, 10) x 2
             prefix = '' if lid == D - 1 else f'd{lid}.'
             self._layer_losses(losses, prefix, cls_l, cls_t, box_l, box_t, box_w, num_gt)
-            if self.direction is not None:  # the matched queries against their GT's direction
-                dir_l = outputs['all_dir_logits'][lid]  # (B, Q)
-                logits = torch.cat([dir_l[b][q] for b, (q, _) in enumerate(assigned)])  # (M,)
-                dir_t = torch.cat([turned[b][g] for b, (_, g) in enumerate(assigned)])  # (M,)
-                losses[f'{prefix}loss_dir'] = self.direction.loss(logits, dir_t, num_gt)
+            for flag in self.flags():  # the matched queries against their GT's flags
+                flag_l = outputs[f'all_{flag.key}_logits'][lid]  # (B, Q)
+                logits = torch.cat([flag_l[b][q] for b, (q, _) in enumerate(assigned)])  # (M,)
+                flag_t = torch.cat([flag_targets[b][flag.key][g] for b, (_, g) in enumerate(assigned)])  # (M,)
+                losses[f'{prefix}loss_{flag.key}'] = flag.loss(logits, flag_t, num_gt)
             rows = box_w[..., 8] > 0  # (B, Q) matched, with a GT velocity
             self._match_loss(losses, prefix, None if match is None else tuple(m[lid] for m in match), rows,
                              box_t[..., 8:10][rows], num_gt)
         return losses
 
     def dn_loss(self, all_cls: Tensor, all_box: Tensor, labels: Tensor, boxes: Tensor,
-                match: tuple[Tensor, Tensor] | None = None, dir_logits: Tensor | None = None) -> dict:
+                match: tuple[Tensor, Tensor] | None = None, flag_logits: dict | None = None) -> dict:
         """Denoising losses at every decoder layer (no matching: each DN query's target is fixed).
 
         Args:
@@ -485,12 +496,12 @@ class DETR3DHead(nn.Module):
                 (other rows are ignored).
             match: the DN queries' velocity matching ((D, B, Qd, K) log-weights, (D, B, Qd, K, 2)
                 hypotheses; :meth:`forward`'s ``all_match``), or None.
-            dir_logits: the DN queries' (D, B, Qd) direction logits (``all_dir_logits``), needed with
-                ``direction``.
+            flag_logits: the DN queries' (D, B, Qd) logits of each of the head's :meth:`flags` by key
+                (``dict(dir=..., moving=...)`` from ``all_dir_logits`` / ``all_moving_logits``).
         Returns:
             dict with ``dn.loss_cls``, ``dn.loss_bbox`` (last layer) and ``dn.d{i}.loss_cls``,
             ``dn.d{i}.loss_bbox`` (+ ``dn.loss_match`` / ``dn.d{i}.loss_match`` of the positives with a
-            GT velocity, with ``match``; + ``dn.loss_dir`` / ``dn.d{i}.loss_dir`` with ``direction``):
+            GT velocity, with ``match``; + ``dn.loss_{key}`` / ``dn.d{i}.loss_{key}`` of each flag):
             focal loss over positives and negatives (an all-zero one-hot), L1 of weighted box codes
             over positives (NaN targets carry no loss), each normalised by
             the number of positive DN queries averaged over the ranks, at least 1. Under
@@ -505,11 +516,13 @@ class DETR3DHead(nn.Module):
         cls_t = torch.zeros(B, Qd, K, device=all_cls.device)  # (B, Qd, K)
         cls_t[pos] = nn.functional.one_hot(labels[pos], K).float()
         cls_t = cls_t[scored]  # (S, K)
-        if (self.direction is None) != (dir_logits is None):
-            raise ValueError(f'DETR3DHead.dn_loss: dir_logits must be given exactly when the head has direction '
-                             f'bins (direction={self.direction is not None}), got '
-                             f'{None if dir_logits is None else tuple(dir_logits.shape)}')
-        codes, turned = self._encode(boxes[pos].float())  # (P, 10), (P,) or None
+        flag_logits = dict(flag_logits or {})
+        keys = [flag.key for flag in self.flags()]
+        if sorted(flag_logits) != sorted(keys) or any(v.shape != (D, B, Qd) for v in flag_logits.values()):
+            raise ValueError(f'DETR3DHead.dn_loss: flag_logits must hold (D, B, Qd) = {(D, B, Qd)} logits for '
+                             f'exactly the head\'s flags {keys}, got '
+                             f'{ {k: tuple(v.shape) for k, v in flag_logits.items()} }')
+        codes, flag_t = self._encode(boxes[pos].float())  # (P, 10), {key: (P,)}
         tgt, box_w = self._weighted_codes(codes)  # (P, 10) each
         num_pos = avg_num_targets(int(pos.sum()), all_cls.device)
         losses = {}
@@ -521,16 +534,18 @@ class DETR3DHead(nn.Module):
                                box_w, num_pos)
             self._match_loss(losses, prefix, None if match is None else tuple(m[lid] for m in match), moving,
                              tgt[box_w[:, 8] > 0, 8:10], num_pos)
-            if dir_logits is not None:
-                losses[f'{prefix}loss_dir'] = self.direction.loss(dir_logits[lid][pos], turned, num_pos)
+            for flag in self.flags():
+                losses[f'{prefix}loss_{flag.key}'] = flag.loss(flag_logits[flag.key][lid][pos], flag_t[flag.key],
+                                                               num_pos)
         return losses
 
     def final_codes(self, outputs: dict) -> Tensor:
-        """The last layer's box codes (B, Q, 10) float32, with the full yaw: the direction bins applied
-        where :meth:`forward` gave ``all_dir_logits``."""
+        """The last layer's box codes (B, Q, 10) float32 with each flag applied where :meth:`forward`
+        gave its logits: the full yaw (``all_dir_logits``), velocity 0 where static (``all_moving_logits``)."""
         codes = outputs['all_bbox_preds'][-1].float()
-        if 'all_dir_logits' in outputs:
-            codes = self.direction.unfold_codes(codes, outputs['all_dir_logits'][-1])
+        for flag in self.flags():
+            if f'all_{flag.key}_logits' in outputs:
+                codes = flag.apply(codes, outputs[f'all_{flag.key}_logits'][-1])
         return codes
 
     @torch.no_grad()

@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 from torch import Tensor
+
+from sf3d.models.layers.box_flags import BoxFlag
 
 __all__ = ['fold_yaw', 'unfold_yaw', 'HeadingDirection']
 
@@ -41,44 +42,32 @@ def unfold_yaw(yaw: Tensor, logits: Tensor, offset: float) -> Tensor:
     return torch.remainder(turned + math.pi, 2 * math.pi) - math.pi
 
 
-class HeadingDirection(nn.Module):
-    """One direction classifier per decoder layer (a two-layer MLP to one logit) and its loss.
+class HeadingDirection(BoxFlag):
+    """One direction classifier per decoder layer (:class:`~sf3d.models.layers.box_flags.BoxFlag`) and
+    the fold of the regression's yaw.
 
     Args:
-        embed_dims: C of the decoder's hidden states.
-        num_layers: D, one branch per decoder layer.
         offset: the centre of the half-plane the regression sees (rad; FCOS3D's ``dir_offset``).
-        loss_weight: weight of the binary cross-entropy, summed over matched queries and divided
-            by the head's normaliser (the number of GT), like the head's L1.
+        embed_dims, num_layers, loss_weight: as :class:`~sf3d.models.layers.box_flags.BoxFlag`.
     """
+    key = 'dir'
 
-    def __init__(self, *, embed_dims: int = 256, num_layers: int = 6, offset: float = math.pi / 4,
-                 loss_weight: float = 0.25):
-        super().__init__()
-        if not -math.pi <= offset <= math.pi or loss_weight < 0:
-            raise ValueError(f'HeadingDirection: offset must lie in [-pi, pi] and loss_weight be >= 0, '
-                             f'got offset={offset}, loss_weight={loss_weight}')
-        self.offset, self.loss_weight = float(offset), float(loss_weight)
-        self.branches = nn.ModuleList(
-            nn.Sequential(nn.Linear(embed_dims, embed_dims), nn.ReLU(inplace=True), nn.Linear(embed_dims, 1))
-            for _ in range(num_layers))
+    def __init__(self, *, offset: float = math.pi / 4, **kwargs):
+        super().__init__(**kwargs)
+        if not -math.pi <= offset <= math.pi:
+            raise ValueError(f'HeadingDirection: offset must lie in [-pi, pi], got offset={offset}')
+        self.offset = float(offset)
 
-    def forward(self, hidden_states: Tensor) -> Tensor:
-        """(D, B, Q, C) decoder hidden states -> (D, B, Q) direction logits (> 0: turned by pi)."""
-        return torch.stack([branch(h)[..., 0] for branch, h in zip(self.branches, hidden_states)])
+    def fold(self, boxes: Tensor) -> Tensor:
+        """(..., 9) boxes ``[x, y, z_bottom, l, w, h, yaw, vx, vy]`` -> the boxes with their yaw folded."""
+        yaw, _ = fold_yaw(boxes[..., 6], self.offset)
+        return torch.cat([boxes[..., :6], yaw[..., None], boxes[..., 7:]], -1)
 
-    def fold(self, boxes: Tensor) -> tuple[Tensor, Tensor]:
-        """(..., 9) boxes ``[x, y, z_bottom, l, w, h, yaw, vx, vy]`` -> (the boxes with their yaw folded
-        (..., 9), direction targets (...) in {0, 1})."""
-        yaw, turned = fold_yaw(boxes[..., 6], self.offset)
-        return torch.cat([boxes[..., :6], yaw[..., None], boxes[..., 7:]], -1), turned
+    def targets(self, boxes: Tensor) -> Tensor:
+        """(M, 9) boxes -> (M,) 1.0 where the yaw was turned by pi to fold it, else 0.0."""
+        return fold_yaw(boxes[..., 6], self.offset)[1]
 
-    def loss(self, logits: Tensor, targets: Tensor, normaliser: float) -> Tensor:
-        """Weighted binary cross-entropy of logits (M,) against targets (M,), summed, / normaliser."""
-        bce = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction='sum')
-        return self.loss_weight * bce / normaliser
-
-    def unfold_codes(self, codes: Tensor, logits: Tensor) -> Tensor:
+    def apply(self, codes: Tensor, logits: Tensor) -> Tensor:
         """Box codes (..., 10) with a folded (sin, cos) yaw and their logits (...) -> the codes with the
         full yaw."""
         yaw = unfold_yaw(torch.atan2(codes[..., 6], codes[..., 7]), logits.to(codes.dtype), self.offset)
