@@ -24,7 +24,7 @@ def test_moving_targets_and_gate_by_hand():
     t = flag.targets(boxes)  # speeds 0, 0.141, 0.212, 5, unknown
     assert t[:4].tolist() == [0.0, 0.0, 1.0, 1.0] and math.isnan(t[4].item())
     codes = torch.arange(30.0).view(3, 10)
-    gated = flag.apply(codes, torch.tensor([-0.5, 0.0, 2.0]))  # static, static (logit 0), moving
+    gated = flag.apply_to_codes(codes, torch.tensor([-0.5, 0.0, 2.0]))  # static, static (logit 0), moving
     np.testing.assert_array_equal(gated[:, :8].numpy(), codes[:, :8].numpy())
     np.testing.assert_array_equal(gated[:, 8:].numpy(), [[0, 0], [0, 0], [28, 29]])
     # the loss skips unknown targets: BCE of logits (1, -1) against (1, 0), weight 0.5, over 2
@@ -87,6 +87,7 @@ def test_detector_splits_dn_logits_of_both_flags():
     samples = samples_for(cameras, boxes, labels)
     det = build(3, token_loss=dict(assign=True), denoising=dict(num_groups=2, ray_negatives=1),
                 head=dict(direction=dict(), moving=dict())).train()
+    det.to('cpu')  # mmengine's BaseModel.to walks nn.Module.apply: the flags must not shadow it
     gt = det._ground_truth(samples, torch.device('cpu'))
     dn = det.denoising(*gt)
     out = det.forward_outputs(inputs['img'], cameras, dn)

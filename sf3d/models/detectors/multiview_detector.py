@@ -815,7 +815,7 @@ class MultiViewDetector(BaseModel):
             heading = torch.where(back[..., None], -heading, heading)
         codes = torch.cat([codes[..., :6], heading, velocity], -1)
         if self.head.moving is not None:
-            codes = self.head.moving.apply(codes, outputs['all_moving_logits'][-1])
+            codes = self.head.moving.apply_to_codes(codes, outputs['all_moving_logits'][-1])
         all_preds = outputs['all_bbox_preds']
         spent = {f'all_{flag.key}_logits' for flag in self.head.flags()}
         outputs = {k: v for k, v in outputs.items() if k not in spent}

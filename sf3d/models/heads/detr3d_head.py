@@ -545,7 +545,7 @@ class DETR3DHead(nn.Module):
         codes = outputs['all_bbox_preds'][-1].float()
         for flag in self.flags():
             if f'all_{flag.key}_logits' in outputs:
-                codes = flag.apply(codes, outputs[f'all_{flag.key}_logits'][-1])
+                codes = flag.apply_to_codes(codes, outputs[f'all_{flag.key}_logits'][-1])
         return codes
 
     @torch.no_grad()

@@ -6,7 +6,7 @@ DETR3D regresses every box property with one L1. Some are binary decisions that 
 handles badly: where the image cannot settle them, the L1 averages two answers. A flag is a
 two-layer MLP per decoder layer to one logit, trained with a binary cross-entropy on the queries
 matched to a GT (Hungarian matches and denoising positives), and applied to the box codes at
-prediction (:meth:`BoxFlag.apply`).
+prediction (:meth:`BoxFlag.apply_to_codes`).
 
 :class:`MovingState`: the velocity regression never predicts exactly zero, and the attribute rule
 of camera detectors (mmdet3d's, :func:`sf3d.evaluation.nuscenes_metric.assign_attribute`) calls every
@@ -55,7 +55,7 @@ class BoxFlag(nn.Module):
         the box does not say."""
         raise NotImplementedError
 
-    def apply(self, codes: Tensor, logits: Tensor) -> Tensor:
+    def apply_to_codes(self, codes: Tensor, logits: Tensor) -> Tensor:
         """Box codes (..., 10) and their logits (...) -> the codes the flag's decision gives."""
         raise NotImplementedError
 
@@ -88,6 +88,6 @@ class MovingState(BoxFlag):
         speed = boxes[..., 7:9].norm(dim=-1)  # (M,) NaN where the GT has no velocity
         return torch.where(torch.isfinite(speed), (speed > self.speed).to(boxes.dtype), speed)
 
-    def apply(self, codes: Tensor, logits: Tensor) -> Tensor:
+    def apply_to_codes(self, codes: Tensor, logits: Tensor) -> Tensor:
         moving = (logits > 0).to(codes.dtype)[..., None]  # (..., 1)
         return torch.cat([codes[..., :8], codes[..., 8:] * moving], -1)

@@ -67,7 +67,7 @@ class HeadingDirection(BoxFlag):
         """(M, 9) boxes -> (M,) 1.0 where the yaw was turned by pi to fold it, else 0.0."""
         return fold_yaw(boxes[..., 6], self.offset)[1]
 
-    def apply(self, codes: Tensor, logits: Tensor) -> Tensor:
+    def apply_to_codes(self, codes: Tensor, logits: Tensor) -> Tensor:
         """Box codes (..., 10) with a folded (sin, cos) yaw and their logits (...) -> the codes with the
         full yaw."""
         yaw = unfold_yaw(torch.atan2(codes[..., 6], codes[..., 7]), logits.to(codes.dtype), self.offset)
