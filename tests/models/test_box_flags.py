@@ -23,6 +23,8 @@ def test_moving_targets_and_gate_by_hand():
     boxes[:, 7:9] = torch.tensor([[0.0, 0.0], [0.1, -0.1], [0.15, 0.15], [-3.0, 4.0], [NAN, NAN]])
     t = flag.targets(boxes)  # speeds 0, 0.141, 0.212, 5, unknown
     assert t[:4].tolist() == [0.0, 0.0, 1.0, 1.0] and math.isnan(t[4].item())
+    reg = flag.regression_targets(boxes)  # static velocities leave the regression, the rest is kept
+    assert torch.isnan(reg[:2, 7:]).all() and torch.equal(reg[2:4], boxes[2:4]) and torch.isnan(reg[4, 7:]).all()
     codes = torch.arange(30.0).view(3, 10)
     gated = flag.apply_to_codes(codes, torch.tensor([-0.5, 0.0, 2.0]))  # static, static (logit 0), moving
     np.testing.assert_array_equal(gated[:, :8].numpy(), codes[:, :8].numpy())
@@ -49,6 +51,13 @@ def test_head_loss_on_matched_queries_and_predict_gates_velocity():
     unknown = box.clone()
     unknown[0, 7:9] = NAN
     assert head.loss(out, [torch.zeros(0, 9), unknown], lab)['loss_moving'].item() == 0.0
+    # the velocity L1 sees only moving GT: two static velocities (0 and 0.1 m/s) give the same box loss,
+    # a moving one (1 m/s, above) another
+    still, slow = box.clone(), box.clone()
+    still[0, 7:9], slow[0, 7:9] = 0.0, torch.tensor([0.1, 0.0])
+    box_loss = [head.loss(out, [torch.zeros(0, 9), b], lab)['loss_bbox'] for b in (still, slow, box)]
+    torch.testing.assert_close(box_loss[0], box_loss[1])
+    assert (box_loss[2] - box_loss[0]).abs() > 1e-4
     sum(losses.values()).backward()
     assert head.moving.branches[1][-1].weight.grad.abs().sum() > 0
 

@@ -255,8 +255,9 @@ class DETR3DHead(nn.Module):
             half-plane and a classifier per layer says whether the box faces the other way
             (FCOS3D's direction bins); None (default) regresses the full yaw, as DETR3D.
         moving: keyword arguments of :class:`~sf3d.models.layers.box_flags.MovingState` (``speed``,
-            ``loss_weight``): a classifier per layer says whether the box moves, and a box it calls
-            static predicts velocity 0; None (default) keeps the regressed velocity, as DETR3D.
+            ``loss_weight``): a classifier per layer says whether the box moves, a box it calls static
+            predicts velocity 0, and the velocity L1 sees only the moving GT; None (default) regresses
+            every velocity, as DETR3D.
         pc_range: ``[x0, y0, z0, x1, y1, z1]`` that reference points are normalised to.
         post_center_range, max_num: NMS-free decoding (see :class:`NMSFreeDecoder`).
         code_weights: per-dim L1 weights (``[1] * 8 + [0.2, 0.2]``).
@@ -415,11 +416,11 @@ class DETR3DHead(nn.Module):
         losses[f'{prefix}loss_match'] = self.match_weight * loss / num_targets
 
     def _encode(self, boxes: Tensor) -> tuple[Tensor, dict]:
-        """(M, 9) GT boxes -> (M, 10) target codes (the yaw folded with ``direction``) and each flag's (M,)
-        targets by key."""
+        """(M, 9) GT boxes -> (M, 10) target codes (each flag's :meth:`BoxFlag.regression_targets`: the yaw
+        folded with ``direction``, static velocities NaN with ``moving``) and each flag's (M,) targets by key."""
         targets = {flag.key: flag.targets(boxes) for flag in self.flags()}
-        if self.direction is not None:
-            boxes = self.direction.fold(boxes)
+        for flag in self.flags():
+            boxes = flag.regression_targets(boxes)
         return encode_boxes(boxes), targets
 
     def _gt(self, gt_boxes, gt_labels, device) -> tuple[list[Tensor], list[Tensor], list[dict]]:

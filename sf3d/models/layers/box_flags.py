@@ -6,13 +6,17 @@ DETR3D regresses every box property with one L1. Some are binary decisions that 
 handles badly: where the image cannot settle them, the L1 averages two answers. A flag is a
 two-layer MLP per decoder layer to one logit, trained with a binary cross-entropy on the queries
 matched to a GT (Hungarian matches and denoising positives), and applied to the box codes at
-prediction (:meth:`BoxFlag.apply_to_codes`).
+prediction (:meth:`BoxFlag.apply_to_codes`). The regression then learns what is left once the flag
+has decided (:meth:`BoxFlag.regression_targets`).
 
-:class:`MovingState`: the velocity regression never predicts exactly zero, and the attribute rule
-of camera detectors (mmdet3d's, :func:`sf3d.evaluation.nuscenes_metric.assign_attribute`) calls every
-box faster than 0.2 m/s moving. A box whose flag says "static" gets velocity 0, so a parked car
-is scored parked and its velocity error is its true speed (0 when it stands still), not the
-regression's noise.
+:class:`MovingState` (a hurdle model of the velocity): on a class of which half stands still, the
+L1 regression of (vx, vy) falls to the median, zero, for every box. Measured on the 60-minute
+token model after 320 iterations: the median predicted speed was 0.01 m/s and no box was faster
+than 0.2 m/s, so the attribute rule of camera detectors (mmdet3d's,
+:func:`sf3d.evaluation.nuscenes_metric.assign_attribute`: faster than 0.2 m/s is "moving") called
+every box static. With the flag, the velocity L1 sees only the GT that move, so the regression
+learns the speed of movers, and a box the flag calls static predicts velocity 0 (its attribute is
+then the static one by the same rule).
 
 Axis names: D decoder layers, B batch, Q queries, C channels, M matched queries.
 """
@@ -59,6 +63,10 @@ class BoxFlag(nn.Module):
         """Box codes (..., 10) and their logits (...) -> the codes the flag's decision gives."""
         raise NotImplementedError
 
+    def regression_targets(self, boxes: Tensor) -> Tensor:
+        """(M, 9) GT boxes -> the boxes the regression learns once the flag has decided (NaN: no loss)."""
+        raise NotImplementedError
+
     def loss(self, logits: Tensor, targets: Tensor, normaliser: float) -> Tensor:
         """Weighted binary cross-entropy of logits (M,) against targets (M,) (NaN: no loss), summed,
         / normaliser."""
@@ -69,7 +77,8 @@ class BoxFlag(nn.Module):
 
 
 class MovingState(BoxFlag):
-    """Whether a box moves faster than ``speed`` m/s; a box classified static predicts velocity 0.
+    """Whether a box moves faster than ``speed`` m/s; a box classified static predicts velocity 0, and
+    the velocity regression learns from the moving GT only (module docstring).
 
     Args:
         speed: the GT speed (m/s, ground plane) above which a box is "moving"; 0.2 is the attribute
@@ -91,3 +100,8 @@ class MovingState(BoxFlag):
     def apply_to_codes(self, codes: Tensor, logits: Tensor) -> Tensor:
         moving = (logits > 0).to(codes.dtype)[..., None]  # (..., 1)
         return torch.cat([codes[..., :8], codes[..., 8:] * moving], -1)
+
+    def regression_targets(self, boxes: Tensor) -> Tensor:
+        """The velocity of static GT set to NaN: the velocity L1 learns from the moving GT only."""
+        static = (self.targets(boxes) == 0)[..., None]  # (M, 1)
+        return torch.cat([boxes[..., :7], boxes[..., 7:].masked_fill(static, float('nan'))], -1)

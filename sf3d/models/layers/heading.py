@@ -58,7 +58,7 @@ class HeadingDirection(BoxFlag):
             raise ValueError(f'HeadingDirection: offset must lie in [-pi, pi], got offset={offset}')
         self.offset = float(offset)
 
-    def fold(self, boxes: Tensor) -> Tensor:
+    def regression_targets(self, boxes: Tensor) -> Tensor:
         """(..., 9) boxes ``[x, y, z_bottom, l, w, h, yaw, vx, vy]`` -> the boxes with their yaw folded."""
         yaw, _ = fold_yaw(boxes[..., 6], self.offset)
         return torch.cat([boxes[..., :6], yaw[..., None], boxes[..., 7:]], -1)
