@@ -37,8 +37,8 @@ from sf3d.models.heads.box_coder import (CODE_SIZE, PC_RANGE, POST_CENTER_RANGE,
                                          denormalize_points, encode_boxes, inverse_sigmoid,
                                          normalize_points)
 from sf3d.models.layers.attention import Attention
-from sf3d.models.layers.feature_sampling import sample_features, weighted_features
 from sf3d.models.layers.box_flags import BoxFlag, MovingState
+from sf3d.models.layers.feature_sampling import sample_features, weighted_features
 from sf3d.models.layers.heading import HeadingDirection
 from sf3d.models.layers.loss_normalizer import avg_num_targets
 from sf3d.models.layers.temporal import VelocityMatching, frame_references, matching_loss
