@@ -104,6 +104,7 @@ def test_nuscenes_recipe():
     assert cfg.model.backbone.init_cfg.type == 'Pretrained'
     head = cfg.model.head
     assert (head.num_layers, cfg.model.embed_dims, head.max_num) == (6, 256, 300)
+    assert head.direction == dict(offset=0.7854, loss_weight=0.25) and head.moving == dict(speed=0.2, loss_weight=0.25)
     assert cfg.val_evaluator.type == 'NuScenesMetric' and len(cfg.class_names) == 10
     steps = [t.type for t in cfg.train_pipeline]
     assert 'PadMultiViewImage' in steps and 'ResizeCropFlipMultiView' not in steps  # 1600x900 padded to 928
@@ -114,6 +115,7 @@ def test_nuscenes_recipe():
         assert (base.model.backbone.type, base.model.backbone.depth) == ('ResNet', depth)
         assert (base.model.query_mode, base.model.num_queries, base.model.conditioning) == ('learned', 900, 'none')
         assert base.optim_wrapper == opt and base.param_scheduler == cfg.param_scheduler
+        assert base.model.head.get('direction') is None and base.model.head.get('moving') is None  # DETR3D's codes
 
 
 def test_spatialformer_pretrained_path_missing_is_a_clear_error(tmp_path):

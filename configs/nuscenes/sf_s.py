@@ -2,7 +2,8 @@
 # 6 views = 900 tokens) emit 8 depth hypotheses each (7200); the 900 of highest token-class score
 # become the decoder's queries (DETR3D's 900); 1600x900 input. The convergence options measured on
 # synthetic nuScenes (README, "Convergence") are on: dense token and pixel supervision with owner
-# assignment, depth bins with in-cell offsets, query selection, denoising queries, direction bins.
+# assignment, depth bins with in-cell offsets, query selection, denoising queries, direction bins,
+# the moving flag.
 # Backbone from ImageNet: `python tools/train.py configs/imagenet/sf_s.py`, then copy the best
 # checkpoint to `pretrained` below (its 8x8 spatial embedding is resized to 10x15 on load).
 # A missing file stops training with the path and this advice; set
@@ -23,7 +24,9 @@ model = dict(
     token_loss=dict(cls_weight=1.0, depth_weight=0.1, assign=True),
     pixel_loss=dict(cls_weight=1.0, depth_weight=0.1),
     denoising=dict(num_groups=5, centre_noise=0.5, label_noise=0.2, ray_negatives=1),
-    # FCOS3D's direction bins: the yaw regressed modulo pi, a classifier per layer for front / back
-    head=dict(direction=dict(offset=0.7854, loss_weight=0.25)),
+    # FCOS3D's direction bins: the yaw regressed modulo pi, a classifier per layer for front / back;
+    # the moving flag: a classifier per layer for moving / static (static boxes predict velocity 0, the
+    # velocity L1 sees only moving GT; sf3d/models/layers/box_flags.py)
+    head=dict(direction=dict(offset=0.7854, loss_weight=0.25), moving=dict(speed=0.2, loss_weight=0.25)),
 )
 default_hooks = dict(checkpoint=dict(interval=2, max_keep_ckpts=3, save_best='NuScenes/NDS', rule='greater'))

@@ -18,7 +18,7 @@ model = dict(
     embed_dims=128,
     num_select=6 * 6 * 10,  # of the 6 x 6 x 10 x 8 = 2880 token hypotheses, the 360 best become queries
 )  # sf_s.py's other options stay on: token + pixel supervision, 8 depth bins with in-cell offsets, denoising,
-# direction bins
+# direction bins, the moving flag
 
 train_pipeline = [
     dict(type='LoadMultiViewImages'),
