@@ -41,6 +41,7 @@ from sf3d.models.layers.box_flags import BoxFlag, MovingState
 from sf3d.models.layers.feature_sampling import sample_features, weighted_features
 from sf3d.models.layers.heading import HeadingDirection
 from sf3d.models.layers.loss_normalizer import avg_num_targets
+from sf3d.models.layers.one_to_many import OneToManyLayers
 from sf3d.models.layers.temporal import VelocityMatching, frame_references, matching_loss
 from sf3d.structures import LiDARBoxes
 
@@ -258,6 +259,9 @@ class DETR3DHead(nn.Module):
             ``loss_weight``): a classifier per layer says whether the box moves, a box it calls static
             predicts velocity 0, and the velocity L1 sees only the moving GT; None (default) regresses
             every velocity, as DETR3D.
+        one_to_many: keyword arguments of :class:`~sf3d.models.layers.one_to_many.OneToManyLayers`
+            (``k``, ``num_layers``): the first decoder layers match each GT ``k`` times (H-DETR's hybrid
+            layer scheme), the last one-to-one; None (default) matches one-to-one everywhere, as DETR3D.
         pc_range: ``[x0, y0, z0, x1, y1, z1]`` that reference points are normalised to.
         post_center_range, max_num: NMS-free decoding (see :class:`NMSFreeDecoder`).
         code_weights: per-dim L1 weights (``[1] * 8 + [0.2, 0.2]``).
@@ -268,7 +272,8 @@ class DETR3DHead(nn.Module):
     def __init__(self, *, num_classes: int = 10, embed_dims: int = 256, num_heads: int = 8,
                  ffn_dims: int = 1024, dropout: float = 0.1, num_layers: int = 6, num_cams: int = 6,
                  num_levels: int = 4, num_frames: int = 1, velocity_matching: dict | None = None,
-                 direction: dict | None = None, moving: dict | None = None, pc_range: Sequence[float] = PC_RANGE,
+                 direction: dict | None = None, moving: dict | None = None,
+                 one_to_many: dict | None = None, pc_range: Sequence[float] = PC_RANGE,
                  post_center_range: Sequence[float] = POST_CENTER_RANGE, max_num: int = 300,
                  code_weights: Sequence[float] = (1.0,) * 8 + (0.2, 0.2), cls_weight: float = 2.0,
                  reg_weight: float = 0.25, alpha: float = 0.25, gamma: float = 2.0):
@@ -294,6 +299,9 @@ class DETR3DHead(nn.Module):
                           if direction is not None else None)
         self.moving = (MovingState(embed_dims=embed_dims, num_layers=num_layers, **moving)
                        if moving is not None else None)
+        self.one_to_many = OneToManyLayers(**one_to_many) if one_to_many is not None else None
+        if self.one_to_many is not None:
+            self.one_to_many.repeats(0, num_layers)  # fails now if it leaves no layer one-to-one
         self.assigner = HungarianAssigner3D(cls_weight=cls_weight, reg_weight=reg_weight, alpha=alpha, gamma=gamma)
         self.bbox_decoder = NMSFreeDecoder(num_classes=num_classes, max_num=max_num,
                                            post_center_range=post_center_range)
@@ -454,7 +462,7 @@ class DETR3DHead(nn.Module):
             matched queries with a GT velocity, with a matching ``loss_weight``; + ``loss_dir`` /
             ``d{i}.loss_dir`` and ``loss_moving`` / ``d{i}.loss_moving`` of the matched queries with
             ``direction`` and ``moving``); all normalised by the batch's
-            #GT averaged over the ranks, at least 1
+            #GT averaged over the ranks, at least 1 (times ``k`` on the layers that match one-to-many)
             (:func:`~sf3d.models.layers.loss_normalizer.avg_num_targets`; DETR3D's
             ``sync_cls_avg_factor``). Under torch.distributed every rank must call it.
         """
@@ -467,21 +475,24 @@ class DETR3DHead(nn.Module):
         num_gt = avg_num_targets(sum(len(lab) for lab in labels), all_cls.device)  # DETR3D's reduce_mean
         losses, match = {}, outputs.get('all_match')
         for lid in range(D):
+            k = 1 if self.one_to_many is None else self.one_to_many.repeats(lid, D)
+            gt = [OneToManyLayers.expand(k, *t) for t in zip(codes, labels, flag_targets)]  # B (k G, ...)
+            num_targets = num_gt * k
             cls_l, box_l = all_cls[lid].float(), all_box[lid].float()  # (B, Q, K), (B, Q, 10)
-            targets = [self._targets(cls_l[b].detach(), box_l[b].detach(), codes[b], labels[b],
+            targets = [self._targets(cls_l[b].detach(), box_l[b].detach(), gt[b][0], gt[b][1],
                                      None if fixed_assign is None else fixed_assign[b]) for b in range(B)]
             cls_t, box_t, box_w, assigned = zip(*targets)
             cls_t, box_t, box_w = (torch.stack(t) for t in (cls_t, box_t, box_w))  # (B, Q, K), (B, Q, 10) x 2
             prefix = '' if lid == D - 1 else f'd{lid}.'
-            self._layer_losses(losses, prefix, cls_l, cls_t, box_l, box_t, box_w, num_gt)
+            self._layer_losses(losses, prefix, cls_l, cls_t, box_l, box_t, box_w, num_targets)
             for flag in self.flags():  # the matched queries against their GT's flags
                 flag_l = outputs[f'all_{flag.key}_logits'][lid]  # (B, Q)
                 logits = torch.cat([flag_l[b][q] for b, (q, _) in enumerate(assigned)])  # (M,)
-                flag_t = torch.cat([flag_targets[b][flag.key][g] for b, (_, g) in enumerate(assigned)])  # (M,)
-                losses[f'{prefix}loss_{flag.key}'] = flag.loss(logits, flag_t, num_gt)
+                flag_t = torch.cat([gt[b][2][flag.key][g] for b, (_, g) in enumerate(assigned)])  # (M,)
+                losses[f'{prefix}loss_{flag.key}'] = flag.loss(logits, flag_t, num_targets)
             rows = box_w[..., 8] > 0  # (B, Q) matched, with a GT velocity
             self._match_loss(losses, prefix, None if match is None else tuple(m[lid] for m in match), rows,
-                             box_t[..., 8:10][rows], num_gt)
+                             box_t[..., 8:10][rows], num_targets)
         return losses
 
     def dn_loss(self, all_cls: Tensor, all_box: Tensor, labels: Tensor, boxes: Tensor,
