@@ -111,6 +111,7 @@ from torchvision.ops import sigmoid_focal_loss
 from sf3d.models.heads.box_coder import denormalize_points
 from sf3d.models.heads.detr3d_head import DETR3DHead
 from sf3d.models.layers.camera_encoding import CameraConditioning, fourier_features
+from sf3d.models.layers.cell_features import CellFeatures
 from sf3d.models.layers.denoising import DenoisingQueries
 from sf3d.models.layers.motion import DenseMotion, motion_targets, motion_velocity, static_flow
 from sf3d.models.layers.temporal import frame_time_deltas
@@ -338,6 +339,10 @@ class MultiViewDetector(BaseModel):
             ``level``, loss weights, ...) turn on the dense two-frame motion (needs
             ``num_frames=2``): supervised per pixel in training, and the velocity of every
             predicted box seen by a camera is read from it; None (default) leaves it off.
+        cell_features: add to each final spatial token the mean of the first FPN level over its cell
+            (:class:`~sf3d.models.layers.cell_features.CellFeatures`, zero-initialised) before the token
+            heads and the query projection read it; False (default) leaves the tokens as the backbone
+            gives them.
         pretrained: path of a :class:`DensePretrainer` (or MultiViewDetector) checkpoint whose
             ``DENSE_PARTS`` this detector has, loaded by :meth:`init_weights` (module docstring);
             None (default) keeps the backbone's own ``init_cfg``.
@@ -351,7 +356,8 @@ class MultiViewDetector(BaseModel):
                  token_loss: Optional[dict] = None, pixel_loss: Optional[dict] = None,
                  num_select: Optional[int] = None, denoising: Optional[dict] = None,
                  global_queries: int = 0, token_offsets: bool = False, num_frames: int = 1,
-                 prev_frame_grad: bool = False, motion: Optional[dict] = None, pretrained: Optional[str] = None,
+                 prev_frame_grad: bool = False, motion: Optional[dict] = None, cell_features: bool = False,
+                 pretrained: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.pretrained = pretrained
@@ -471,6 +477,10 @@ class MultiViewDetector(BaseModel):
             raise ValueError('MultiViewDetector: motion static_warp=True needs pixel_loss (its pixel depth places '
                              'the static world in the previous frame)')
         self.motion = None if motion is None else DenseMotion(embed_dims=embed_dims, **motion)
+        if cell_features and query_mode != 'spatial_tokens':
+            raise ValueError(f"MultiViewDetector: cell_features=True needs query_mode='spatial_tokens', got {query_mode!r}")
+        self.cell_features = CellFeatures(fpn_dims=embed_dims, token_dims=self.backbone.embed_dims[-1],
+                                          grid=self.backbone.spatial_grid) if cell_features else None
 
     def init_weights(self) -> None:
         """mmengine's initialisation, then the ``DENSE_PARTS`` of ``pretrained`` (if set) over it."""
@@ -610,6 +620,8 @@ class MultiViewDetector(BaseModel):
         all_cameras = cameras
         feats, tokens = self.frame_feats(img, cameras)
         cameras = cameras.select(slice(0, N)) if self.num_frames > 1 else cameras  # the current frame's
+        if self.cell_features is not None:
+            tokens = self.cell_features(tokens, feats[0][:, :N])  # (B, N, M, C_last)
         extra = {}
         if self.query_mode == 'spatial_tokens':
             q = self.token_queries(tokens, cameras, img.shape[-2:])
