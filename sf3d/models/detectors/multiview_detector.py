@@ -478,7 +478,8 @@ class MultiViewDetector(BaseModel):
                              'the static world in the previous frame)')
         self.motion = None if motion is None else DenseMotion(embed_dims=embed_dims, **motion)
         if cell_features and query_mode != 'spatial_tokens':
-            raise ValueError(f"MultiViewDetector: cell_features=True needs query_mode='spatial_tokens', got {query_mode!r}")
+            raise ValueError(f"MultiViewDetector: cell_features=True needs query_mode='spatial_tokens', "
+                             f"got {query_mode!r}")
         self.cell_features = CellFeatures(fpn_dims=embed_dims, token_dims=self.backbone.embed_dims[-1],
                                           grid=self.backbone.spatial_grid) if cell_features else None
 
