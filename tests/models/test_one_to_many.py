@@ -14,8 +14,8 @@ LABELS = torch.tensor([4, 8])
 
 
 def test_repeats_and_expand_by_hand():
-    o2m = OneToManyLayers(k=3, num_layers=2)
-    assert [o2m.repeats(lid, 4) for lid in range(4)] == [3, 3, 1, 1]
+    o2m = OneToManyLayers(k=3, num_layers=2, decoder_layers=4)
+    assert [o2m.repeats(lid) for lid in range(4)] == [3, 3, 1, 1]
     codes, labels = torch.arange(20.0).view(2, 10), torch.tensor([4, 8])
     c, lab, flags = o2m.expand(3, codes, labels, dict(dir=torch.tensor([0.0, 1.0])))
     assert c.shape == (6, 10) and torch.equal(c[4], codes[0]) and torch.equal(c[5], codes[1])  # row j G + g
@@ -31,7 +31,7 @@ def test_head_losses_equal_repeated_gt_early_and_plain_gt_last(flags):
     out = head(*_inputs(B=1, Q=12))
     plain = head.loss(out, [BOXES], [LABELS])
     repeated = head.loss(out, [BOXES.repeat(3, 1)], [LABELS.repeat(3)])
-    head.one_to_many = OneToManyLayers(k=3, num_layers=1)
+    head.one_to_many = OneToManyLayers(k=3, num_layers=1, decoder_layers=2)
     mixed = head.loss(out, [BOXES], [LABELS])
     assert set(mixed) == set(plain)
     for key, value in mixed.items():
@@ -61,8 +61,8 @@ def test_k_positives_per_gt_and_fixed_pairs_on_copy_zero():
 
 def test_errors():
     with pytest.raises(ValueError, match='k must be an integer >= 1'):
-        OneToManyLayers(k=0)
+        OneToManyLayers(k=0, decoder_layers=2)
     with pytest.raises(ValueError, match='num_layers must be an integer >= 1'):
-        OneToManyLayers(num_layers=1.5)
+        OneToManyLayers(num_layers=1.5, decoder_layers=2)
     with pytest.raises(ValueError, match='must leave the last of the decoder\'s 2 layers one-to-one'):
         _tiny_head(one_to_many=dict(k=2, num_layers=2))

@@ -299,9 +299,8 @@ class DETR3DHead(nn.Module):
                           if direction is not None else None)
         self.moving = (MovingState(embed_dims=embed_dims, num_layers=num_layers, **moving)
                        if moving is not None else None)
-        self.one_to_many = OneToManyLayers(**one_to_many) if one_to_many is not None else None
-        if self.one_to_many is not None:
-            self.one_to_many.repeats(0, num_layers)  # fails now if it leaves no layer one-to-one
+        self.one_to_many = (OneToManyLayers(decoder_layers=num_layers, **one_to_many)
+                            if one_to_many is not None else None)
         self.assigner = HungarianAssigner3D(cls_weight=cls_weight, reg_weight=reg_weight, alpha=alpha, gamma=gamma)
         self.bbox_decoder = NMSFreeDecoder(num_classes=num_classes, max_num=max_num,
                                            post_center_range=post_center_range)
@@ -475,7 +474,7 @@ class DETR3DHead(nn.Module):
         num_gt = avg_num_targets(sum(len(lab) for lab in labels), all_cls.device)  # DETR3D's reduce_mean
         losses, match = {}, outputs.get('all_match')
         for lid in range(D):
-            k = 1 if self.one_to_many is None else self.one_to_many.repeats(lid, D)
+            k = 1 if self.one_to_many is None else self.one_to_many.repeats(lid)
             gt = [OneToManyLayers.expand(k, *t) for t in zip(codes, labels, flag_targets)]  # B (k G, ...)
             num_targets = num_gt * k
             cls_l, box_l = all_cls[lid].float(), all_box[lid].float()  # (B, Q, K), (B, Q, 10)

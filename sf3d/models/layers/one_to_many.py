@@ -29,22 +29,24 @@ class OneToManyLayers:
 
     Args:
         k: copies of each GT in the matching of those layers (>= 1; 1 is one-to-one).
-        num_layers: the first ``num_layers`` decoder layers match one-to-many; it must leave at least
-            the last layer one-to-one (checked by :meth:`repeats` against the decoder's depth).
+        num_layers: the first ``num_layers`` decoder layers match one-to-many.
+        decoder_layers: the decoder's depth D; ``num_layers`` must leave at least its last layer
+            one-to-one (the prediction is read from it without NMS).
     """
 
-    def __init__(self, *, k: int = 4, num_layers: int = 1):
+    def __init__(self, *, k: int = 4, num_layers: int = 1, decoder_layers: int):
         if int(k) != k or k < 1:
             raise ValueError(f'OneToManyLayers: k must be an integer >= 1, got {k}')
         if int(num_layers) != num_layers or num_layers < 1:
             raise ValueError(f'OneToManyLayers: num_layers must be an integer >= 1, got {num_layers}')
+        if num_layers >= decoder_layers:
+            raise ValueError(f'OneToManyLayers: num_layers={num_layers} must leave the last of the '
+                             f'decoder\'s {decoder_layers} layers one-to-one (the prediction is read from it '
+                             'without NMS)')
         self.k, self.num_layers = int(k), int(num_layers)
 
-    def repeats(self, layer: int, depth: int) -> int:
-        """Copies of each GT at decoder layer ``layer`` of ``depth`` layers (``k`` or 1)."""
-        if self.num_layers >= depth:
-            raise ValueError(f'OneToManyLayers: num_layers={self.num_layers} must leave the last of the '
-                             f'decoder\'s {depth} layers one-to-one (the prediction is read from it without NMS)')
+    def repeats(self, layer: int) -> int:
+        """Copies of each GT at decoder layer ``layer`` (``k`` or 1)."""
         return self.k if layer < self.num_layers else 1
 
     @staticmethod
