@@ -42,6 +42,7 @@ from sf3d.models.layers.feature_sampling import sample_features, weighted_featur
 from sf3d.models.layers.heading import HeadingDirection
 from sf3d.models.layers.loss_normalizer import avg_num_targets
 from sf3d.models.layers.one_to_many import OneToManyLayers
+from sf3d.models.layers.quality import LocalizationQuality
 from sf3d.models.layers.temporal import VelocityMatching, frame_references, matching_loss
 from sf3d.structures import LiDARBoxes
 
@@ -262,6 +263,10 @@ class DETR3DHead(nn.Module):
         one_to_many: keyword arguments of :class:`~sf3d.models.layers.one_to_many.OneToManyLayers`
             (``k``, ``num_layers``): the first decoder layers match each GT ``k`` times (H-DETR's hybrid
             layer scheme), the last one-to-one; None (default) matches one-to-one everywhere, as DETR3D.
+        quality: keyword arguments of :class:`~sf3d.models.layers.quality.LocalizationQuality`
+            (``thresholds``, ``alpha``, ``gamma``): a positive's class target is the fraction of the
+            metric's distance thresholds its centre is within, under the varifocal loss; None (default)
+            trains one-hot targets with the focal loss, as DETR3D.
         pc_range: ``[x0, y0, z0, x1, y1, z1]`` that reference points are normalised to.
         post_center_range, max_num: NMS-free decoding (see :class:`NMSFreeDecoder`).
         code_weights: per-dim L1 weights (``[1] * 8 + [0.2, 0.2]``).
@@ -273,7 +278,7 @@ class DETR3DHead(nn.Module):
                  ffn_dims: int = 1024, dropout: float = 0.1, num_layers: int = 6, num_cams: int = 6,
                  num_levels: int = 4, num_frames: int = 1, velocity_matching: dict | None = None,
                  direction: dict | None = None, moving: dict | None = None,
-                 one_to_many: dict | None = None, pc_range: Sequence[float] = PC_RANGE,
+                 one_to_many: dict | None = None, quality: dict | None = None, pc_range: Sequence[float] = PC_RANGE,
                  post_center_range: Sequence[float] = POST_CENTER_RANGE, max_num: int = 300,
                  code_weights: Sequence[float] = (1.0,) * 8 + (0.2, 0.2), cls_weight: float = 2.0,
                  reg_weight: float = 0.25, alpha: float = 0.25, gamma: float = 2.0):
@@ -301,6 +306,7 @@ class DETR3DHead(nn.Module):
                        if moving is not None else None)
         self.one_to_many = (OneToManyLayers(decoder_layers=num_layers, **one_to_many)
                             if one_to_many is not None else None)
+        self.quality = LocalizationQuality(**quality) if quality is not None else None
         self.assigner = HungarianAssigner3D(cls_weight=cls_weight, reg_weight=reg_weight, alpha=alpha, gamma=gamma)
         self.bbox_decoder = NMSFreeDecoder(num_classes=num_classes, max_num=max_num,
                                            post_center_range=post_center_range)
@@ -403,10 +409,19 @@ class DETR3DHead(nn.Module):
         return codes.nan_to_num(0.0, 0.0, 0.0), torch.isfinite(codes).to(codes.dtype) * self.code_weights.to(codes.dtype)
 
     def _layer_losses(self, losses: dict, prefix: str, cls_l: Tensor, cls_t: Tensor, box_l: Tensor, box_t: Tensor,
-                      box_w: Tensor, num_targets: Tensor) -> None:
-        """Add ``{prefix}loss_cls`` (focal, summed) and ``{prefix}loss_bbox`` (weighted L1, summed), both
-        weighted and divided by ``num_targets``, to ``losses``."""
-        loss_cls = sigmoid_focal_loss(cls_l, cls_t, alpha=self.alpha, gamma=self.gamma, reduction='sum')
+                      box_w: Tensor, num_targets: Tensor, positives: Tensor) -> None:
+        """Add ``{prefix}loss_cls`` (focal, or varifocal against :attr:`quality` targets; summed) and
+        ``{prefix}loss_bbox`` (weighted L1, summed), both weighted and divided by ``num_targets``, to
+        ``losses``. ``positives`` (bool, ``cls_l.shape[:-1]``) marks the rows of ``cls_l`` whose box codes
+        are ``box_l`` / ``box_t`` (all rows when those have the same leading shape)."""
+        if self.quality is None:
+            loss_cls = sigmoid_focal_loss(cls_l, cls_t, alpha=self.alpha, gamma=self.gamma, reduction='sum')
+        else:
+            quality = cls_l.new_zeros(cls_l.shape[:-1])  # (..., ) 0 for background
+            same = box_l.shape[:-1] == cls_l.shape[:-1]
+            pred, gt = (box_l[positives], box_t[positives]) if same else (box_l, box_t)  # (M, 10) each
+            quality[positives] = self.quality.targets(pred[:, :2], gt[:, :2])
+            loss_cls = self.quality.loss(cls_l, cls_t, quality)
         losses[f'{prefix}loss_cls'] = self.cls_weight * loss_cls / num_targets
         losses[f'{prefix}loss_bbox'] = self.reg_weight * ((box_l - box_t).abs() * box_w).sum() / num_targets
 
@@ -483,7 +498,8 @@ class DETR3DHead(nn.Module):
             cls_t, box_t, box_w, assigned = zip(*targets)
             cls_t, box_t, box_w = (torch.stack(t) for t in (cls_t, box_t, box_w))  # (B, Q, K), (B, Q, 10) x 2
             prefix = '' if lid == D - 1 else f'd{lid}.'
-            self._layer_losses(losses, prefix, cls_l, cls_t, box_l, box_t, box_w, num_targets)
+            self._layer_losses(losses, prefix, cls_l, cls_t, box_l, box_t, box_w, num_targets,
+                               positives=cls_t.amax(-1) > 0)  # (B, Q) matched
             for flag in self.flags():  # the matched queries against their GT's flags
                 flag_l = outputs[f'all_{flag.key}_logits'][lid]  # (B, Q)
                 logits = torch.cat([flag_l[b][q] for b, (q, _) in enumerate(assigned)])  # (M,)
@@ -542,7 +558,7 @@ class DETR3DHead(nn.Module):
         for lid in range(D):
             prefix = 'dn.' if lid == D - 1 else f'dn.d{lid}.'
             self._layer_losses(losses, prefix, all_cls[lid][scored].float(), cls_t, all_box[lid][pos].float(), tgt,
-                               box_w, num_pos)
+                               box_w, num_pos, positives=pos[scored])  # (S,) the scored rows that are positives
             self._match_loss(losses, prefix, None if match is None else tuple(m[lid] for m in match), moving,
                              tgt[box_w[:, 8] > 0, 8:10], num_pos)
             for flag in self.flags():
