@@ -26,7 +26,10 @@ model = dict(
     denoising=dict(num_groups=5, centre_noise=0.5, label_noise=0.2, ray_negatives=1),
     # FCOS3D's direction bins: the yaw regressed modulo pi, a classifier per layer for front / back;
     # the moving flag: a classifier per layer for moving / static (static boxes predict velocity 0, the
-    # velocity L1 sees only moving GT; sf3d/models/layers/box_flags.py)
-    head=dict(direction=dict(offset=0.7854, loss_weight=0.25), moving=dict(speed=0.2, loss_weight=0.25)),
+    # velocity L1 sees only moving GT; sf3d/models/layers/box_flags.py); localisation-quality class targets:
+    # a positive's target is the share of the metric's 0.5 / 1 / 2 / 4 m thresholds its centre is within,
+    # under the varifocal loss (sf3d/models/layers/quality.py; README "Convergence", part 8)
+    head=dict(direction=dict(offset=0.7854, loss_weight=0.25), moving=dict(speed=0.2, loss_weight=0.25),
+              quality=dict(thresholds=(0.5, 1.0, 2.0, 4.0), alpha=0.75, gamma=2.0)),
 )
 default_hooks = dict(checkpoint=dict(interval=2, max_keep_ckpts=3, save_best='NuScenes/NDS', rule='greater'))
