@@ -5,6 +5,6 @@
 # 320 / 640 iterations, against 0.185 / 0.202 and 0.161 / 0.202 without it. Not kept: the cosine
 # schedule already ends at 1 % of the step, and at 320 iterations the average spans weights that the
 # 3e-3 step still moves fast.
-_base_ = ['./no_quality.py']  # measured on part 6's recipe, before the quality targets
+_base_ = ['../nuscenes_tiny.py']
 
 custom_hooks = [dict(type='EpochSeedHook'), dict(type='EMAHook', momentum=0.01, priority=49)]
