@@ -412,15 +412,13 @@ class DETR3DHead(nn.Module):
                       box_w: Tensor, num_targets: Tensor, positives: Tensor) -> None:
         """Add ``{prefix}loss_cls`` (focal, or varifocal against :attr:`quality` targets; summed) and
         ``{prefix}loss_bbox`` (weighted L1, summed), both weighted and divided by ``num_targets``, to
-        ``losses``. ``positives`` (bool, ``cls_l.shape[:-1]``) marks the rows of ``cls_l`` whose box codes
-        are ``box_l`` / ``box_t`` (all rows when those have the same leading shape)."""
+        ``losses``. ``positives`` (bool, ``cls_l.shape[:-1]``) marks the M rows of ``cls_l`` whose (M, 10)
+        box codes are ``box_l`` / ``box_t`` / ``box_w``."""
         if self.quality is None:
             loss_cls = sigmoid_focal_loss(cls_l, cls_t, alpha=self.alpha, gamma=self.gamma, reduction='sum')
         else:
-            quality = cls_l.new_zeros(cls_l.shape[:-1])  # (..., ) 0 for background
-            same = box_l.shape[:-1] == cls_l.shape[:-1]
-            pred, gt = (box_l[positives], box_t[positives]) if same else (box_l, box_t)  # (M, 10) each
-            quality[positives] = self.quality.targets(pred[:, :2], gt[:, :2])
+            quality = cls_l.new_zeros(cls_l.shape[:-1])  # (...) 0 for background
+            quality[positives] = self.quality.targets(box_l[:, :2], box_t[:, :2])
             loss_cls = self.quality.loss(cls_l, cls_t, quality)
         losses[f'{prefix}loss_cls'] = self.cls_weight * loss_cls / num_targets
         losses[f'{prefix}loss_bbox'] = self.reg_weight * ((box_l - box_t).abs() * box_w).sum() / num_targets
@@ -498,8 +496,9 @@ class DETR3DHead(nn.Module):
             cls_t, box_t, box_w, assigned = zip(*targets)
             cls_t, box_t, box_w = (torch.stack(t) for t in (cls_t, box_t, box_w))  # (B, Q, K), (B, Q, 10) x 2
             prefix = '' if lid == D - 1 else f'd{lid}.'
-            self._layer_losses(losses, prefix, cls_l, cls_t, box_l, box_t, box_w, num_targets,
-                               positives=cls_t.amax(-1) > 0)  # (B, Q) matched
+            matched = cls_t.amax(-1) > 0  # (B, Q) the matched queries (a one-hot row each)
+            self._layer_losses(losses, prefix, cls_l, cls_t, box_l[matched], box_t[matched], box_w[matched],
+                               num_targets, positives=matched)
             for flag in self.flags():  # the matched queries against their GT's flags
                 flag_l = outputs[f'all_{flag.key}_logits'][lid]  # (B, Q)
                 logits = torch.cat([flag_l[b][q] for b, (q, _) in enumerate(assigned)])  # (M,)
