@@ -12,6 +12,7 @@ _base_ = ['../_base_/datasets/nuscenes.py', '../_base_/models/detr3d_head.py',
           '../_base_/schedules/detr3d_24e.py', '../_base_/default_runtime.py']
 
 pretrained = 'checkpoints/sf_s_imagenet.pth'
+quality_targets = dict(thresholds=(0.5, 1.0, 2.0, 4.0), alpha=0.75, gamma=2.0)  # the metric's AP thresholds (m)
 model = dict(
     backbone=dict(type='SpatialFormer', arch='s', spatial_grid=(10, 15), out_indices=(1, 2, 3),
                   drop_path_rate=0.1, with_cp=False, init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
@@ -30,6 +31,6 @@ model = dict(
     # a positive's target is the share of the metric's 0.5 / 1 / 2 / 4 m thresholds its centre is within,
     # under the varifocal loss (sf3d/models/layers/quality.py; README "Convergence", part 8)
     head=dict(direction=dict(offset=0.7854, loss_weight=0.25), moving=dict(speed=0.2, loss_weight=0.25),
-              quality=dict(thresholds=(0.5, 1.0, 2.0, 4.0), alpha=0.75, gamma=2.0)),
+              quality=quality_targets),
 )
 default_hooks = dict(checkpoint=dict(interval=2, max_keep_ckpts=3, save_best='NuScenes/NDS', rule='greater'))
