@@ -652,9 +652,9 @@ class MultiViewDetector(BaseModel):
             if 'all_match' in outputs:  # (D, B, Q, K), (D, B, Q, K, 2) split as the queries
                 outputs['dn_match'] = tuple(m[:, :, :Qd] for m in outputs['all_match'])
                 outputs['all_match'] = tuple(m[:, :, Qd:] for m in outputs['all_match'])
-            for key in (f'{flag.key}_logits' for flag in self.head.flags()):  # (D, B, Q) each
-                outputs[f'dn_{key}'] = outputs[f'all_{key}'][:, :, :Qd]
-                outputs[f'all_{key}'] = outputs[f'all_{key}'][:, :, Qd:]
+            for flag in self.head.flags():  # (D, B, Q) logits each
+                logits = outputs[flag.logits_key()]
+                outputs[flag.logits_key('dn')], outputs[flag.logits_key()] = logits[:, :, :Qd], logits[:, :, Qd:]
             outputs['all_cls_scores'] = outputs['all_cls_scores'][:, :, Qd:]  # (D, B, Q, K)
             outputs['all_bbox_preds'] = outputs['all_bbox_preds'][:, :, Qd:]  # (D, B, Q, 10)
             ref = ref[:, Qd:]
@@ -755,7 +755,7 @@ class MultiViewDetector(BaseModel):
         losses.update(token_losses)
         if 'dn_outputs' in outputs:
             dn_cls, dn_box, dn = outputs['dn_outputs']
-            flag_logits = {flag.key: outputs[f'dn_{flag.key}_logits'] for flag in self.head.flags()}
+            flag_logits = {flag.key: outputs[flag.logits_key('dn')] for flag in self.head.flags()}
             losses.update(self.head.dn_loss(dn_cls, dn_box, dn['labels'], dn['boxes'], outputs.get('dn_match'),
                                             flag_logits))
         if 'pixel_preds' in outputs:
@@ -828,9 +828,9 @@ class MultiViewDetector(BaseModel):
             heading = torch.where(back[..., None], -heading, heading)
         codes = torch.cat([codes[..., :6], heading, velocity], -1)
         if self.head.moving is not None:
-            codes = self.head.moving.apply_to_codes(codes, outputs['all_moving_logits'][-1])
+            codes = self.head.moving.apply_to_codes(codes, outputs[self.head.moving.logits_key()][-1])
         all_preds = outputs['all_bbox_preds']
-        spent = {f'all_{flag.key}_logits' for flag in self.head.flags()}
+        spent = {flag.logits_key() for flag in self.head.flags()}
         outputs = {k: v for k, v in outputs.items() if k not in spent}
         return dict(outputs, all_bbox_preds=torch.cat([all_preds[:-1], codes[None].to(all_preds.dtype)], 0))
 

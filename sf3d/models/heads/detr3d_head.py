@@ -385,7 +385,7 @@ class DETR3DHead(nn.Module):
             all_box.append(torch.cat([centre[..., :2], reg[..., 2:4], centre[..., 2:], reg[..., 5:]], -1))  # (B, Q, 10)
         out = dict(all_cls_scores=torch.stack(all_cls), all_bbox_preds=torch.stack(all_box))
         for flag in self.flags():
-            out[f'all_{flag.key}_logits'] = flag(dec['hidden_states'])  # (D, B, Q)
+            out[flag.logits_key()] = flag(dec['hidden_states'])  # (D, B, Q)
         if dec['match'] is not None:
             out['all_match'] = dec['match']  # (D, B, Q, K), (D, B, Q, K, 2)
         return out
@@ -500,7 +500,7 @@ class DETR3DHead(nn.Module):
             self._layer_losses(losses, prefix, cls_l, cls_t, box_l[matched], box_t[matched], box_w[matched],
                                num_targets, positives=matched)
             for flag in self.flags():  # the matched queries against their GT's flags
-                flag_l = outputs[f'all_{flag.key}_logits'][lid]  # (B, Q)
+                flag_l = outputs[flag.logits_key()][lid]  # (B, Q)
                 logits = torch.cat([flag_l[b][q] for b, (q, _) in enumerate(assigned)])  # (M,)
                 flag_t = torch.cat([gt[b][2][flag.key][g] for b, (_, g) in enumerate(assigned)])  # (M,)
                 losses[f'{prefix}loss_{flag.key}'] = flag.loss(logits, flag_t, num_targets)
@@ -570,8 +570,8 @@ class DETR3DHead(nn.Module):
         gave its logits: the full yaw (``all_dir_logits``), velocity 0 where static (``all_moving_logits``)."""
         codes = outputs['all_bbox_preds'][-1].float()
         for flag in self.flags():
-            if f'all_{flag.key}_logits' in outputs:
-                codes = flag.apply_to_codes(codes, outputs[f'all_{flag.key}_logits'][-1])
+            if flag.logits_key() in outputs:
+                codes = flag.apply_to_codes(codes, outputs[flag.logits_key()][-1])
         return codes
 
     @torch.no_grad()

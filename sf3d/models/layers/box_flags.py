@@ -53,6 +53,11 @@ class BoxFlag(nn.Module):
             nn.Sequential(nn.Linear(embed_dims, embed_dims), nn.ReLU(inplace=True), nn.Linear(embed_dims, 1))
             for _ in range(num_layers))
 
+    def logits_key(self, queries: str = 'all') -> str:
+        """The key of this flag's (D, B, Q) logits in the head's outputs: ``all_{key}_logits``, and
+        ``dn_{key}_logits`` for the denoising queries (``queries='dn'``)."""
+        return f'{queries}_{self.key}_logits'
+
     def forward(self, hidden_states: Tensor) -> Tensor:
         """(D, B, Q, C) decoder hidden states -> (D, B, Q) logits."""
         return torch.stack([branch(h)[..., 0] for branch, h in zip(self.branches, hidden_states)])
