@@ -93,8 +93,9 @@ def test_feature_sampling_bad_input():
 
 
 def test_weighted_features_is_the_weighted_sum_of_the_samples():
-    """DETR3D's weighted sum over cameras x levels, computed level by level, equals the sum over the
-    (B, C, Q, N, L) samples; points no camera sees (behind, off the image) give zero."""
+    """DETR3D's weighted sum over cameras x levels, computed level by level on the points each camera
+    sees, equals the sum over the dense (B, C, Q, N, L) samples, values and gradients (features,
+    weights, points); points no camera sees (behind, off the image) give zero."""
     rng = np.random.default_rng(1)
     B, N, Q = 2, 3, 50
     l2i = torch.tensor(np.stack([_lidar2img([0.0, 2.1, -2.1]), _lidar2img([0.5, 2.6, -1.6])]), dtype=torch.float32)
@@ -102,11 +103,21 @@ def test_weighted_features_is_the_weighted_sum_of_the_samples():
     pts[:, 0] = torch.tensor([0.0, 0.0, 40.0])  # straight above: no camera sees it
     feats = [torch.randn(B, N, 5, H // s, W // s) for s in STRIDES]
     weights = torch.rand(B, Q, N, len(STRIDES))
-    sampled, mask = sample_features(feats, pts, l2i, (H, W))  # (B, C, Q, N, L), (B, Q, N)
-    expected = (sampled * weights[:, None]).sum((-1, -2)).transpose(1, 2)  # (B, Q, C)
-    got = weighted_features(feats, pts, l2i, (H, W), weights)
+    grads = []
+    for dense in (True, False):
+        leaves = [x.clone().requires_grad_() for x in (pts, weights, *feats)]
+        p, w, f = leaves[0], leaves[1], leaves[2:]
+        if dense:
+            sampled, mask = sample_features(f, p, l2i, (H, W))  # (B, C, Q, N, L), (B, Q, N)
+            out = expected = (sampled * w[:, None]).sum((-1, -2)).transpose(1, 2)  # (B, Q, C)
+        else:
+            out = got = weighted_features(f, p, l2i, (H, W), w)
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        grads.append([x.grad for x in leaves])
     torch.testing.assert_close(got, expected)
-    assert mask.any() and not mask[:, 0].any() and (got[:, 0] == 0).all()
+    for dense_grad, seen_grad in zip(*grads):
+        torch.testing.assert_close(seen_grad, dense_grad)
+    assert 0 < mask.sum(-1).max() < N and mask.any() and not mask[:, 0].any() and (got[:, 0] == 0).all()
     with pytest.raises(ValueError, match='L=1'):
         weighted_features(feats, pts, l2i, (H, W), weights[..., :1])
 

@@ -40,6 +40,7 @@ from sf3d.models.layers.attention import Attention
 from sf3d.models.layers.box_flags import BoxFlag, MovingState
 from sf3d.models.layers.feature_sampling import sample_features, weighted_features
 from sf3d.models.layers.heading import HeadingDirection
+from sf3d.models.layers.keypoints import QueryKeypoints
 from sf3d.models.layers.loss_normalizer import avg_num_targets
 from sf3d.models.layers.one_to_many import OneToManyLayers
 from sf3d.models.layers.quality import LocalizationQuality
@@ -65,11 +66,15 @@ class DETR3DCrossAttention(nn.Module):
     the previous frame's features are then sampled once, at ``ref - matched * dt``. The frames'
     samples are concatenated before the output projection, so the query sees what each frame shows
     rather than their sum.
+
+    With ``keypoints`` (keyword arguments of :class:`~sf3d.models.layers.keypoints.QueryKeypoints`)
+    each query samples P points about its reference point, offsets predicted from the query; every
+    sample has its own weight and the P weighted sums are averaged. None (default): one point, as DETR3D.
     """
 
     def __init__(self, *, embed_dims: int = 256, num_cams: int = 6, num_levels: int = 4,
-                 num_frames: int = 1, velocity_matching: dict | None = None, dropout: float = 0.1,
-                 pc_range: Sequence[float] = PC_RANGE):
+                 num_frames: int = 1, velocity_matching: dict | None = None, keypoints: dict | None = None,
+                 dropout: float = 0.1, pc_range: Sequence[float] = PC_RANGE):
         super().__init__()
         if num_frames not in (1, 2) or (velocity_matching is not None and num_frames == 1):
             raise ValueError(f'DETR3DCrossAttention: num_frames must be 1 or 2 (velocity_matching only with 2), '
@@ -78,7 +83,9 @@ class DETR3DCrossAttention(nn.Module):
         self.num_levels = num_levels
         self.num_frames = int(num_frames)
         self.pc_range = tuple(pc_range)
-        self.attention_weights = nn.Linear(embed_dims, self.num_frames * num_cams * num_levels)
+        self.keypoints = QueryKeypoints(embed_dims=embed_dims, **keypoints) if keypoints is not None else None
+        self.num_points = self.keypoints.num_points if self.keypoints is not None else 1
+        self.attention_weights = nn.Linear(embed_dims, self.num_frames * num_cams * num_levels * self.num_points)
         self.output_proj = nn.Linear(self.num_frames * embed_dims, embed_dims)
         self.dropout = nn.Dropout(dropout)
         self.position_encoder = nn.Sequential(
@@ -93,7 +100,10 @@ class DETR3DCrossAttention(nn.Module):
 
     def init_weights(self) -> None:
         """DETR3D's ``Detr3DCrossAtten.init_weight``: zero attention weights (weight and bias: every
-        sample starts at sigmoid(0) = 0.5), Xavier-uniform output projection with zero bias."""
+        sample starts at sigmoid(0) = 0.5), Xavier-uniform output projection with zero bias; the
+        keypoints' own (:meth:`QueryKeypoints.init_weights`)."""
+        if self.keypoints is not None:
+            self.keypoints.init_weights()
         nn.init.zeros_(self.attention_weights.weight)
         nn.init.zeros_(self.attention_weights.bias)
         nn.init.xavier_uniform_(self.output_proj.weight)
@@ -101,11 +111,15 @@ class DETR3DCrossAttention(nn.Module):
 
     def _sample(self, feats: Sequence[Tensor], points: Tensor, lidar2img: Tensor, img_shape: Sequence[int],
                 weights: Tensor, frame: int) -> Tensor:
-        """Frame ``frame``'s views sampled at points (B, P, 3) metres and summed over cameras x levels
-        with weights (B, P, N, L) -> (B, P, C) float32. Samples of cameras that do not see a point are
-        zero (:func:`sample_features`), so their weights get no gradient either."""
+        """Frame ``frame``'s views sampled at points (B, Q, P, 3) metres, summed over cameras x levels
+        with weights (B, Q, P, N, L) and averaged over the P points -> (B, Q, C) float32. Samples of
+        cameras that do not see a point are zero (:func:`sample_features`), so their weights get no
+        gradient either."""
+        B, Q, P = points.shape[:3]
         views = slice(frame * self.num_cams, (frame + 1) * self.num_cams)
-        return weighted_features([x[:, views] for x in feats], points, lidar2img[:, views], img_shape, weights)
+        out = weighted_features([x[:, views] for x in feats], points.flatten(1, 2), lidar2img[:, views], img_shape,
+                                weights.flatten(1, 2))  # (B, Q * P, C)
+        return out.view(B, Q, P, -1).mean(2)  # (B, Q, C)
 
     @staticmethod
     def _camera_mean(keys: Tensor, points: Tensor, lidar2img: Tensor, img_shape: Sequence[int]) -> Tensor:
@@ -129,9 +143,12 @@ class DETR3DCrossAttention(nn.Module):
                              f'(B, {F}), got {None if velocity is None else tuple(velocity.shape)} and '
                              f'{None if frame_dt is None else tuple(frame_dt.shape)}')
         ref_metric = denormalize_points(ref_norm, self.pc_range)  # (B, Q, 3)
-        weights = self.attention_weights(query + query_pos).sigmoid()  # (B, Q, F*N*L)
-        weights = weights.view(B, Q, F, N, L)  # (B, Q, F, N, L)
-        out = [self._sample(feats, ref_metric, lidar2img, img_shape, weights[:, :, 0], 0)]  # [(B, Q, C)]
+        P = self.num_points
+        offsets = (self.keypoints(query + query_pos) if self.keypoints is not None
+                   else ref_metric.new_zeros(B, Q, 1, 3))  # (B, Q, P, 3) metres
+        weights = self.attention_weights(query + query_pos).sigmoid()  # (B, Q, F*N*L*P)
+        weights = weights.view(B, Q, F, N, L, P).permute(0, 1, 2, 5, 3, 4)  # (B, Q, F, P, N, L)
+        out = [self._sample(feats, ref_metric[:, :, None] + offsets, lidar2img, img_shape, weights[:, :, 0], 0)]
         matched = None
         if F == 2:
             match = self.velocity_matching
@@ -139,7 +156,7 @@ class DETR3DCrossAttention(nn.Module):
             matched = match(out[0], ref_metric, velocity, frame_dt[:, 1],
                             lambda points: self._camera_mean(keys, points, lidar2img[:, N:], img_shape))
             was = frame_references(ref_metric, matched[0].detach(), frame_dt)[:, 1]  # (B, Q, 3) where the object was
-            out.append(self._sample(feats, was, lidar2img, img_shape, weights[:, :, 1], 1))  # (B, Q, C)
+            out.append(self._sample(feats, was[:, :, None] + offsets, lidar2img, img_shape, weights[:, :, 1], 1))
         out = self.output_proj(torch.cat(out, -1).to(query.dtype))  # (B, Q, C)
         pos_feat = self.position_encoder(inverse_sigmoid(ref_norm).to(query.dtype))  # (B, Q, C)
         return self.dropout(out) + query + pos_feat, matched
@@ -155,14 +172,15 @@ class DETR3DDecoderLayer(nn.Module):
 
     def __init__(self, *, embed_dims: int = 256, num_heads: int = 8, ffn_dims: int = 1024,
                  dropout: float = 0.1, num_cams: int = 6, num_levels: int = 4, num_frames: int = 1,
-                 velocity_matching: dict | None = None, pc_range: Sequence[float] = PC_RANGE):
+                 velocity_matching: dict | None = None, keypoints: dict | None = None,
+                 pc_range: Sequence[float] = PC_RANGE):
         super().__init__()
         self.self_attn = Attention(embed_dims, num_heads, attn_drop=dropout)
         self.drop1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(embed_dims)
         self.cross_attn = DETR3DCrossAttention(embed_dims=embed_dims, num_cams=num_cams, num_levels=num_levels,
                                                num_frames=num_frames, velocity_matching=velocity_matching,
-                                               dropout=dropout, pc_range=pc_range)
+                                               keypoints=keypoints, dropout=dropout, pc_range=pc_range)
         self.norm2 = nn.LayerNorm(embed_dims)
         self.ffn = nn.Sequential(nn.Linear(embed_dims, ffn_dims), nn.ReLU(inplace=True), nn.Dropout(dropout),
                                  nn.Linear(ffn_dims, embed_dims), nn.Dropout(dropout))
@@ -260,6 +278,10 @@ class DETR3DHead(nn.Module):
             ``loss_weight``): a classifier per layer says whether the box moves, a box it calls static
             predicts velocity 0, and the velocity L1 sees only the moving GT; None (default) regresses
             every velocity, as DETR3D.
+        keypoints: keyword arguments of :class:`~sf3d.models.layers.keypoints.QueryKeypoints`
+            (``num_points``, ``spread``): every cross-attention samples P points about each reference
+            point, offsets predicted from the query (Sparse4D's keypoints); None (default) samples the
+            reference point alone, as DETR3D.
         one_to_many: keyword arguments of :class:`~sf3d.models.layers.one_to_many.OneToManyLayers`
             (``k``, ``num_layers``): the first decoder layers match each GT ``k`` times (H-DETR's hybrid
             layer scheme), the last one-to-one; None (default) matches one-to-one everywhere, as DETR3D.
@@ -277,7 +299,7 @@ class DETR3DHead(nn.Module):
     def __init__(self, *, num_classes: int = 10, embed_dims: int = 256, num_heads: int = 8,
                  ffn_dims: int = 1024, dropout: float = 0.1, num_layers: int = 6, num_cams: int = 6,
                  num_levels: int = 4, num_frames: int = 1, velocity_matching: dict | None = None,
-                 direction: dict | None = None, moving: dict | None = None,
+                 direction: dict | None = None, moving: dict | None = None, keypoints: dict | None = None,
                  one_to_many: dict | None = None, quality: dict | None = None, pc_range: Sequence[float] = PC_RANGE,
                  post_center_range: Sequence[float] = POST_CENTER_RANGE, max_num: int = 300,
                  code_weights: Sequence[float] = (1.0,) * 8 + (0.2, 0.2), cls_weight: float = 2.0,
@@ -295,7 +317,8 @@ class DETR3DHead(nn.Module):
         self.decoder = DETR3DDecoder(num_layers=num_layers, embed_dims=embed_dims, num_heads=num_heads,
                                      ffn_dims=ffn_dims, dropout=dropout, num_cams=num_cams,
                                      num_levels=num_levels, num_frames=num_frames,
-                                     velocity_matching=velocity_matching or None, pc_range=pc_range)
+                                     velocity_matching=velocity_matching or None, keypoints=keypoints,
+                                     pc_range=pc_range)
         self.num_frames = num_frames
         cls, reg = _cls_branch(embed_dims, num_classes), _reg_branch(embed_dims)
         self.cls_branches = nn.ModuleList(copy.deepcopy(cls) for _ in range(num_layers))

@@ -52,18 +52,23 @@ def project_points(ref_points: Tensor, lidar2img: Tensor, img_shape: Sequence[in
     return grid, mask
 
 
-def _sample_grid(feats: Sequence[Tensor], ref_points: Tensor, lidar2img: Tensor, img_shape: Sequence[int],
-                 eps: float, caller: str) -> tuple[Tensor, Tensor]:
-    """:func:`project_points` -> grid (B*N, Q, 1, 2) for ``grid_sample``, with masked points (behind the
-    camera, or off the image) moved far off it so that their samples are exactly zero; mask (B, N, Q)."""
+def _check_feats(feats: Sequence[Tensor], B: int, N: int, caller: str) -> None:
+    """Raise unless feats is a non-empty list of (B, N, C, H_l, W_l) levels."""
     if len(feats) == 0:
         raise ValueError(f'{caller}: feats is empty; expected a list of (B, N_cam, C, H, W) levels')
-    grid, mask = project_points(ref_points, lidar2img, img_shape, eps)
-    B, N, Q, _ = grid.shape
     for lvl, feat in enumerate(feats):
         if feat.dim() != 5 or feat.shape[:2] != (B, N):
             raise ValueError(f'{caller}: feats[{lvl}] must be (B={B}, N_cam={N}, C, H, W), '
                              f'got {tuple(feat.shape)}')
+
+
+def _sample_grid(feats: Sequence[Tensor], ref_points: Tensor, lidar2img: Tensor, img_shape: Sequence[int],
+                 eps: float, caller: str) -> tuple[Tensor, Tensor]:
+    """:func:`project_points` -> grid (B*N, Q, 1, 2) for ``grid_sample``, with masked points (behind the
+    camera, or off the image) moved far off it so that their samples are exactly zero; mask (B, N, Q)."""
+    grid, mask = project_points(ref_points, lidar2img, img_shape, eps)
+    B, N, Q, _ = grid.shape
+    _check_feats(feats, B, N, caller)
     return torch.where(mask[..., None], grid, grid.new_tensor(-2.0)).view(B * N, Q, 1, 2), mask
 
 
@@ -98,11 +103,26 @@ def weighted_features(feats: Sequence[Tensor], ref_points: Tensor, lidar2img: Te
                       weights: Tensor, eps: float = 1e-5) -> Tensor:
     """The samples of :func:`sample_features` summed over cameras and levels with ``weights``
     (B, Q, N, L) -> (B, Q, C) float32 (DETR3D's weighted sum), without building the (B, C, Q, N, L)
-    samples: one product per level, on each level's own layout."""
-    grid, _ = _sample_grid(feats, ref_points, lidar2img, img_shape, eps, 'weighted_features')
-    B, Q, N, L = weights.shape
-    if L != len(feats):
-        raise ValueError(f'weighted_features: weights (B, Q, N, L) has L={L}, got {len(feats)} levels')
-    w = weights.float().permute(0, 2, 3, 1)  # (B, N, L, Q)
-    out = sum((_sample_level(feat, grid) * w[:, :, None, lvl]).sum(1) for lvl, feat in enumerate(feats))  # (B, C, Q)
+    samples.
+
+    A point is usually seen by one or two of the N cameras, and the others' samples are zeros. So
+    each camera samples only the points it sees: they are gathered to the front (padded to the
+    largest count M over the B x N views), sampled, weighted and scattered back, one product per
+    level. The sampling, forward and backward, costs M instead of Q points per view."""
+    grid, mask = project_points(ref_points, lidar2img, img_shape, eps)  # (B, N, Q, 2), (B, N, Q)
+    B, N, Q, _ = grid.shape
+    _check_feats(feats, B, N, 'weighted_features')
+    if weights.shape[:3] != (B, Q, N) or weights.shape[3] != len(feats):
+        raise ValueError(f'weighted_features: weights must be (B={B}, Q={Q}, N={N}, L={len(feats)}), '
+                         f'got {tuple(weights.shape)} (L={weights.shape[-1]})')
+    M = max(int(mask.sum(-1).max()), 1)
+    seen_first = torch.argsort((~mask).to(torch.uint8), dim=-1, stable=True)[..., :M]  # (B, N, M) point indices
+    seen = torch.gather(mask, 2, seen_first)  # (B, N, M)
+    grid = torch.gather(grid, 2, seen_first[..., None].expand(B, N, M, 2))  # (B, N, M, 2)
+    grid = torch.where(seen[..., None], grid, grid.new_tensor(-2.0)).view(B * N, M, 1, 2)  # padding reads zeros
+    w = torch.gather(weights.float().permute(0, 2, 3, 1), 3, seen_first[:, :, None].expand(B, N, len(feats), M))
+    contrib = sum(_sample_level(feat, grid) * w[:, :, None, lvl] for lvl, feat in enumerate(feats))  # (B, N, C, M)
+    C = contrib.shape[2]
+    index = seen_first[:, None].expand(B, C, N, M).reshape(B, C, N * M)
+    out = contrib.new_zeros(B, C, Q).scatter_add(2, index, contrib.transpose(1, 2).reshape(B, C, N * M))  # (B, C, Q)
     return out.transpose(1, 2)  # (B, Q, C)
