@@ -62,6 +62,15 @@ def _check_feats(feats: Sequence[Tensor], B: int, N: int, caller: str) -> None:
                              f'got {tuple(feat.shape)}')
 
 
+def _most_seen(mask: Tensor) -> int:
+    """The largest number of points one view sees in mask (B, N, Q), at least 1; Q where the mask has
+    shapes but no values (fake or meta tensors, as FLOP counting uses), so that every point is sampled."""
+    try:
+        return max(int(mask.sum(-1).max()), 1)
+    except RuntimeError:  # FakeTensorMode's DataDependentOutputException, meta's item(): both RuntimeErrors
+        return mask.shape[-1]
+
+
 def _sample_grid(feats: Sequence[Tensor], ref_points: Tensor, lidar2img: Tensor, img_shape: Sequence[int],
                  eps: float, caller: str) -> tuple[Tensor, Tensor]:
     """:func:`project_points` -> grid (B*N, Q, 1, 2) for ``grid_sample``, with masked points (behind the
@@ -115,7 +124,7 @@ def weighted_features(feats: Sequence[Tensor], ref_points: Tensor, lidar2img: Te
     if weights.shape[:3] != (B, Q, N) or weights.shape[3] != len(feats):
         raise ValueError(f'weighted_features: weights must be (B={B}, Q={Q}, N={N}, L={len(feats)}), '
                          f'got {tuple(weights.shape)} (L={weights.shape[-1]})')
-    M = max(int(mask.sum(-1).max()), 1)
+    M = _most_seen(mask)
     seen_first = torch.argsort((~mask).to(torch.uint8), dim=-1, stable=True)[..., :M]  # (B, N, M) point indices
     seen = torch.gather(mask, 2, seen_first)  # (B, N, M)
     grid = torch.gather(grid, 2, seen_first[..., None].expand(B, N, M, 2))  # (B, N, M, 2)
