@@ -83,3 +83,32 @@ def test_keypoints_learn_in_every_layer():
 def test_keypoints_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         QueryKeypoints(embed_dims=C, **kwargs)
+
+
+def test_two_frames_sample_the_same_keypoints_where_the_object_was(monkeypatch):
+    """With two frames the previous frame is sampled at the same offsets about ref - matched * dt."""
+    from sf3d.models.heads import detr3d_head
+    query, query_pos, ref_norm, feats, l2i = _inputs(3)
+    torch.manual_seed(0)
+    attn = DETR3DCrossAttention(embed_dims=C, num_cams=N, num_levels=len(STRIDES), num_frames=2, dropout=0.0,
+                                velocity_matching=dict(grid=3, step=2.0, match_dims=4, level=1),
+                                keypoints=dict(num_points=7, spread=SPREAD)).eval()
+    calls, real = [], detr3d_head.weighted_features
+
+    def spy(f, points, *args):
+        calls.append(points)
+        return real(f, points, *args)
+
+    monkeypatch.setattr(detr3d_head, 'weighted_features', spy)
+    frame_dt = torch.tensor([[0.0, 0.5], [0.0, 0.25]])
+    velocity = torch.randn(B, Q, 2)
+    out, (matched, _, _) = attn(query, query_pos, ref_norm, [torch.cat([f, f.flip(-1)], 1) for f in feats],
+                                torch.cat([l2i, l2i], 1), (H, W), velocity, frame_dt)
+    assert out.shape == (B, Q, C) and torch.isfinite(out).all() and len(calls) == 2
+    sx, sy, sz = SPREAD
+    pattern = torch.tensor([[0, 0, 0], [sx, 0, 0], [-sx, 0, 0], [0, sy, 0], [0, -sy, 0], [0, 0, sz], [0, 0, -sz]])
+    ref = denormalize_points(ref_norm, attn.pc_range)  # (B, Q, 3)
+    was = ref.clone()
+    was[..., :2] -= matched * frame_dt[:, 1, None, None]
+    torch.testing.assert_close(calls[0].view(B, Q, 7, 3), ref[:, :, None] + pattern.float())
+    torch.testing.assert_close(calls[1].view(B, Q, 7, 3), was[:, :, None] + pattern.float())
