@@ -11,7 +11,8 @@ refined reference point is detached before the next layer) and a loss.
 What differs from DETR3D: plain PyTorch (no mmcv), self-attention through SDPA; reference
 points come in metres (the detector derives them from camera rays) and are normalised to the
 point-cloud range here; box codes keep the mmdet3d >= 1.0 yaw convention; one sampling point
-per camera and level (DETR3D's num_points = 1).
+per camera and level (DETR3D's num_points = 1) unless ``keypoints`` asks for several
+(:mod:`sf3d.models.layers.keypoints`).
 
 Axis names: B batch, Q queries, C channels, N cameras (N_cam), L FPN levels, D decoder layers,
 K classes, G ground-truth boxes.
