@@ -52,16 +52,6 @@ def project_points(ref_points: Tensor, lidar2img: Tensor, img_shape: Sequence[in
     return grid, mask
 
 
-def _check_feats(feats: Sequence[Tensor], B: int, N: int, caller: str) -> None:
-    """Raise unless feats is a non-empty list of (B, N, C, H_l, W_l) levels."""
-    if len(feats) == 0:
-        raise ValueError(f'{caller}: feats is empty; expected a list of (B, N_cam, C, H, W) levels')
-    for lvl, feat in enumerate(feats):
-        if feat.dim() != 5 or feat.shape[:2] != (B, N):
-            raise ValueError(f'{caller}: feats[{lvl}] must be (B={B}, N_cam={N}, C, H, W), '
-                             f'got {tuple(feat.shape)}')
-
-
 def _most_seen(mask: Tensor) -> int:
     """The largest number of points one view sees in mask (B, N, Q), at least 1; Q where the mask has
     shapes but no values (fake or meta tensors, as FLOP counting uses), so that every point is sampled."""
@@ -75,9 +65,14 @@ def _sample_grid(feats: Sequence[Tensor], ref_points: Tensor, lidar2img: Tensor,
                  eps: float, caller: str) -> tuple[Tensor, Tensor]:
     """:func:`project_points` -> grid (B*N, Q, 1, 2) for ``grid_sample``, with masked points (behind the
     camera, or off the image) moved far off it so that their samples are exactly zero; mask (B, N, Q)."""
+    if len(feats) == 0:
+        raise ValueError(f'{caller}: feats is empty; expected a list of (B, N_cam, C, H, W) levels')
     grid, mask = project_points(ref_points, lidar2img, img_shape, eps)
     B, N, Q, _ = grid.shape
-    _check_feats(feats, B, N, caller)
+    for lvl, feat in enumerate(feats):
+        if feat.dim() != 5 or feat.shape[:2] != (B, N):
+            raise ValueError(f'{caller}: feats[{lvl}] must be (B={B}, N_cam={N}, C, H, W), '
+                             f'got {tuple(feat.shape)}')
     return torch.where(mask[..., None], grid, grid.new_tensor(-2.0)).view(B * N, Q, 1, 2), mask
 
 
@@ -118,17 +113,15 @@ def weighted_features(feats: Sequence[Tensor], ref_points: Tensor, lidar2img: Te
     each camera samples only the points it sees: they are gathered to the front (padded to the
     largest count M over the B x N views), sampled, weighted and scattered back, one product per
     level. The sampling, forward and backward, costs M instead of Q points per view."""
-    grid, mask = project_points(ref_points, lidar2img, img_shape, eps)  # (B, N, Q, 2), (B, N, Q)
-    B, N, Q, _ = grid.shape
-    _check_feats(feats, B, N, 'weighted_features')
+    grid, mask = _sample_grid(feats, ref_points, lidar2img, img_shape, eps, 'weighted_features')
+    B, N, Q = mask.shape
     if weights.shape[:3] != (B, Q, N) or weights.shape[3] != len(feats):
         raise ValueError(f'weighted_features: weights must be (B={B}, Q={Q}, N={N}, L={len(feats)}), '
                          f'got {tuple(weights.shape)} (L={weights.shape[-1]})')
     M = _most_seen(mask)
     seen_first = torch.argsort((~mask).to(torch.uint8), dim=-1, stable=True)[..., :M]  # (B, N, M) point indices
-    seen = torch.gather(mask, 2, seen_first)  # (B, N, M)
-    grid = torch.gather(grid, 2, seen_first[..., None].expand(B, N, M, 2))  # (B, N, M, 2)
-    grid = torch.where(seen[..., None], grid, grid.new_tensor(-2.0)).view(B * N, M, 1, 2)  # padding reads zeros
+    # padding indices are points this view does not see: _sample_grid moved them off the map, so they read zeros
+    grid = torch.gather(grid.view(B, N, Q, 2), 2, seen_first[..., None].expand(B, N, M, 2)).view(B * N, M, 1, 2)
     w = torch.gather(weights.float().permute(0, 2, 3, 1), 3, seen_first[:, :, None].expand(B, N, len(feats), M))
     contrib = sum(_sample_level(feat, grid) * w[:, :, None, lvl] for lvl, feat in enumerate(feats))  # (B, N, C, M)
     C = contrib.shape[2]
