@@ -108,3 +108,23 @@ def test_a_file_with_epoch_and_iteration_runs_is_refused(tmp_path):
         f.write(json.dumps(dict(lr=1e-3, loss=1.0, epoch=1, iter=10, step=10)) + '\n')
     with pytest.raises(ValueError, match='with and without an epoch'):
         curves.read_curves(path, ['seg/mIoU'])
+
+
+def write_resumed(root, iters_per_epoch, nds, first_epoch, stamp):
+    """A scalars.json as `tools/train.py --resume` leaves it: training lines from ``first_epoch`` on."""
+    write_run(root, iters_per_epoch, [0.0] * (first_epoch - 1) + nds, stamp=stamp)
+    path = root / stamp / 'vis_data' / 'scalars.json'
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    kept = [x for x in lines if x.get('epoch', x['step'] if 'NuScenes/NDS' in x else 0) >= first_epoch]
+    path.write_text('\n'.join(json.dumps(x) for x in kept) + '\n')
+
+
+def test_resumed_run_is_read_with_the_run_it_resumed(tmp_path):
+    write_run(tmp_path, 10, [0.1, 0.2, 0.3], stamp='20260101_000000')  # preempted after epoch 3's validation
+    write_resumed(tmp_path, 10, [0.35, 0.4], first_epoch=4, stamp='20260102_000000')
+    got = curves.read_work_dir(str(tmp_path), ['NuScenes/NDS'])['NuScenes/NDS']
+    assert got == [(10, 0.1), (20, 0.2), (30, 0.3), (40, 0.35), (50, 0.4)]
+    write_run(tmp_path, 10, [0.5], stamp='20260103_000000')  # a rerun from scratch replaces both
+    assert curves.read_work_dir(str(tmp_path), ['NuScenes/NDS'])['NuScenes/NDS'] == [(10, 0.5)]
+    with pytest.raises(KeyError, match='NuScenes/ATE'):
+        curves.read_work_dir(str(tmp_path), ['NuScenes/ATE'])

@@ -8,7 +8,10 @@ Runs given the same label are seeds of one setting: the table and the plot show 
 of a label must validate at the same iterations). ``--reach V [V ...]`` adds, for each value, key
 and label, the first validation iteration at which the mean reaches it.
 
-Reads each work dir's newest ``<timestamp>/vis_data/scalars.json`` (mmengine's LocalVisBackend).
+Reads each work dir's newest ``<timestamp>/vis_data/scalars.json`` (mmengine's LocalVisBackend),
+preceded by the runs it resumed (``tools/train.py --resume`` starts a new timestamp whose first
+training line lies past the previous one's): their validations before the resume point come first.
+A rerun from scratch in the same work dir starts where the previous run did, and replaces it.
 Epoch-based loops: training lines carry ``epoch`` and ``iter``, validation lines the metrics with
 ``step`` = the epoch they followed, which becomes the last LOGGED training iteration of that epoch
 (up to ``logger.interval - 1`` before the epoch's end).
@@ -35,8 +38,45 @@ def find_scalars(work_dir: str) -> str:
     return found[-1]
 
 
-def read_curves(path: str, keys: Sequence[str]) -> Dict[str, List[Tuple[int, float]]]:
-    """{key: [(iteration, value), ...]} of the validation lines of one scalars.json."""
+def first_iteration(path: str) -> Optional[int]:
+    """The iteration of the first training line of one scalars.json (None without training lines)."""
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # read_curves names the line
+            if 'iter' in rec:
+                return rec['iter']
+    return None
+
+
+def read_work_dir(work_dir: str, keys: Sequence[str]) -> Dict[str, List[Tuple[int, float]]]:
+    """:func:`read_curves` of a work dir's newest run, preceded by the runs it resumed: each earlier
+    scalars.json whose first training iteration is below its successor's contributes its validations
+    before the successor's first iteration."""
+    newest = find_scalars(work_dir)
+    paths = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))
+    chain = [newest]
+    for path in reversed(paths[:-1]):
+        first, later = first_iteration(path), first_iteration(chain[0])
+        if first is None or later is None or later <= first:
+            break  # chain[0] started from scratch
+        chain.insert(0, path)
+    curves: Dict[str, List[Tuple[int, float]]] = {k: [] for k in keys}
+    for i, path in enumerate(chain):
+        end = first_iteration(chain[i + 1]) if i + 1 < len(chain) else None
+        for k, points in read_curves(path, keys, require=False).items():
+            curves[k] += [(it, v) for it, v in points if end is None or it < end]
+    missing = [k for k, v in curves.items() if not v]
+    if missing:
+        raise KeyError(f'{work_dir}: no validation line has {missing}')
+    return curves
+
+
+def read_curves(path: str, keys: Sequence[str], require: bool = True) -> Dict[str, List[Tuple[int, float]]]:
+    """{key: [(iteration, value), ...]} of the validation lines of one scalars.json; with ``require``
+    a key that no validation line has raises."""
     last_iter: Dict[int, int] = {}
     vals = []
     iter_based = False
@@ -66,7 +106,7 @@ def read_curves(path: str, keys: Sequence[str]) -> Dict[str, List[Tuple[int, flo
             if k in rec:
                 curves[k].append((step if iter_based else last_iter[step], float(rec[k])))
     missing = [k for k, v in curves.items() if not v]
-    if missing:
+    if missing and require:
         raise KeyError(f'{path}: no validation line has {missing}')
     return curves
 
@@ -167,7 +207,7 @@ def main(argv=None) -> Dict[str, Dict[str, Stats]]:
     labels = args.labels or [osp.basename(osp.normpath(d)) for d in args.work_dirs]
     grouped: Dict[str, List[Dict[str, Curve]]] = {}
     for label, d in zip(labels, args.work_dirs):
-        grouped.setdefault(label, []).append(read_curves(find_scalars(d), args.key))
+        grouped.setdefault(label, []).append(read_work_dir(d, args.key))
     runs = {label: {k: aggregate([c[k] for c in curves], f'{label} {k}') for k in args.key}
             for label, curves in grouped.items()}
     print(markdown(runs, args.key))
