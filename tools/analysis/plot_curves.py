@@ -29,13 +29,18 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 
-def find_scalars(work_dir: str) -> str:
-    """The newest ``<work_dir>/<timestamp>/vis_data/scalars.json``."""
+def scalars_files(work_dir: str) -> List[str]:
+    """Every ``<work_dir>/<timestamp>/vis_data/scalars.json``, oldest first."""
     found = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))
     if not found:
         raise FileNotFoundError(f'{work_dir}: no <timestamp>/vis_data/scalars.json (is it an mmengine work dir '
                                 f'with LocalVisBackend?)')
-    return found[-1]
+    return found
+
+
+def find_scalars(work_dir: str) -> str:
+    """The newest ``<work_dir>/<timestamp>/vis_data/scalars.json``."""
+    return scalars_files(work_dir)[-1]
 
 
 def first_iteration(path: str) -> Optional[int]:
@@ -55,18 +60,15 @@ def read_work_dir(work_dir: str, keys: Sequence[str]) -> Dict[str, List[Tuple[in
     """:func:`read_curves` of a work dir's newest run, preceded by the runs it resumed: each earlier
     scalars.json whose first training iteration is below its successor's contributes its validations
     before the successor's first iteration."""
-    newest = find_scalars(work_dir)
-    paths = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))
-    chain = [newest]
-    for path in reversed(paths[:-1]):
-        first, later = first_iteration(path), first_iteration(chain[0])
-        if first is None or later is None or later <= first:
-            break  # chain[0] started from scratch
-        chain.insert(0, path)
+    paths = scalars_files(work_dir)
+    firsts = [first_iteration(p) for p in paths]
+    start = len(paths) - 1
+    while start > 0 and None not in firsts[start - 1:start + 1] and firsts[start] > firsts[start - 1]:
+        start -= 1  # paths[start] resumed paths[start - 1]
     curves: Dict[str, List[Tuple[int, float]]] = {k: [] for k in keys}
-    for i, path in enumerate(chain):
-        end = first_iteration(chain[i + 1]) if i + 1 < len(chain) else None
-        for k, points in read_curves(path, keys, require=False).items():
+    for i in range(start, len(paths)):
+        end = firsts[i + 1] if i + 1 < len(paths) else None
+        for k, points in read_curves(paths[i], keys, require=False).items():
             curves[k] += [(it, v) for it, v in points if end is None or it < end]
     missing = [k for k, v in curves.items() if not v]
     if missing:
